@@ -1,0 +1,258 @@
+//! Shared counters, latency histograms, bitsets and the cheap byte-level frame parsing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+
+/// Highest latency the histograms hold, in microseconds (60 s); larger values saturate.
+const HIST_MAX_US: u64 = 60_000_000;
+/// Histogram shards, so that readers rarely wait on one another.
+const SHARDS: usize = 16;
+/// Latency samples a reader buffers before taking a shard lock.
+pub const BATCH: usize = 128;
+
+/// A new microsecond histogram (1 µs .. 60 s, 3 significant figures).
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("static histogram bounds are valid")
+}
+
+/// State shared by every task of a run. Hot counters are relaxed atomics; the rare ones
+/// (errors by code, disconnects) sit behind a mutex.
+pub struct Shared {
+    /// Time origin: send timestamps embedded in content are nanoseconds since `base`.
+    pub base: Instant,
+    /// Start of the measured window, in ns since `base` (`u64::MAX` until the load starts).
+    pub window_start: AtomicU64,
+    /// End of the measured window, in ns since `base`.
+    pub window_end: AtomicU64,
+    /// `send_message` requests written.
+    pub sent: AtomicU64,
+    /// Acks received for them.
+    pub acked: AtomicU64,
+    /// Error replies received for them.
+    pub error_replies: AtomicU64,
+    /// Acks per room.
+    pub room_acked: Vec<AtomicU64>,
+    /// First-time deliveries per room (duplicates excluded).
+    pub room_delivered: Vec<AtomicU64>,
+    /// `receive_message` frames received inside the measured window.
+    pub window_deliveries: AtomicU64,
+    /// Error replies by code.
+    pub errors: Mutex<BTreeMap<String, u64>>,
+    /// Connections that ended before the run stopped them, by reason.
+    pub disconnects: Mutex<BTreeMap<String, u64>>,
+    /// Pushed events other than `receive_message`, by name.
+    pub other_events: Mutex<BTreeMap<String, u64>>,
+    /// Send → `receive_message` latency, µs, of messages sent inside the window.
+    delivery_hist: Vec<Mutex<Histogram<u64>>>,
+    /// Send → ack latency, µs, of messages sent inside the window.
+    ack_hist: Mutex<Histogram<u64>>,
+}
+
+impl Shared {
+    pub fn new(rooms: usize) -> Self {
+        Shared {
+            base: Instant::now(),
+            window_start: AtomicU64::new(u64::MAX),
+            window_end: AtomicU64::new(u64::MAX),
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            error_replies: AtomicU64::new(0),
+            room_acked: (0..rooms).map(|_| AtomicU64::new(0)).collect(),
+            room_delivered: (0..rooms).map(|_| AtomicU64::new(0)).collect(),
+            window_deliveries: AtomicU64::new(0),
+            errors: Mutex::new(BTreeMap::new()),
+            disconnects: Mutex::new(BTreeMap::new()),
+            other_events: Mutex::new(BTreeMap::new()),
+            delivery_hist: (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect(),
+            ack_hist: Mutex::new(new_histogram()),
+        }
+    }
+
+    /// Nanoseconds since `base`.
+    #[inline]
+    pub fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    /// Whether a time (ns since `base`) falls inside the measured window.
+    #[inline]
+    pub fn in_window(&self, ns: u64) -> bool {
+        ns >= self.window_start.load(Ordering::Relaxed)
+            && ns < self.window_end.load(Ordering::Relaxed)
+    }
+
+    /// Records a batch of delivery latencies (µs) into shard `shard`.
+    pub fn record_deliveries(&self, shard: usize, samples: &[u64]) {
+        let mut h = self.delivery_hist[shard % SHARDS].lock();
+        for &us in samples {
+            h.saturating_record(us.max(1));
+        }
+    }
+
+    /// Records a batch of ack latencies (µs).
+    pub fn record_acks(&self, samples: &[u64]) {
+        let mut h = self.ack_hist.lock();
+        for &us in samples {
+            h.saturating_record(us.max(1));
+        }
+    }
+
+    /// All delivery latency shards merged.
+    pub fn delivery_histogram(&self) -> Histogram<u64> {
+        let mut all = new_histogram();
+        for shard in &self.delivery_hist {
+            all.add(&*shard.lock()).expect("same bounds");
+        }
+        all
+    }
+
+    /// The ack latency histogram.
+    pub fn ack_histogram(&self) -> Histogram<u64> {
+        self.ack_hist.lock().clone()
+    }
+
+    /// Adds one to `key` in a by-name counter map.
+    pub fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
+        *map.lock().entry(key.to_owned()).or_insert(0) += 1;
+    }
+}
+
+/// A growable bitset indexed by a sender's sequence number.
+#[derive(Default, Clone)]
+pub struct Bits(Vec<u64>);
+
+impl Bits {
+    /// Sets bit `i`; returns whether it was clear before.
+    #[inline]
+    pub fn set(&mut self, i: u64) -> bool {
+        let (word, bit) = ((i / 64) as usize, i % 64);
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        let mask = 1u64 << bit;
+        let was_clear = self.0[word] & mask == 0;
+        self.0[word] |= mask;
+        was_clear
+    }
+
+    /// Number of set bits.
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// Number of bits set in both `self` and `other`.
+    pub fn count_and(&self, other: &Bits) -> u64 {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .map(|(a, b)| u64::from((a & b).count_ones()))
+            .sum()
+    }
+}
+
+/// Position of `needle` in `hay`, searching from the first byte.
+#[inline]
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let (&first, rest) = needle.split_first()?;
+    let mut from = 0;
+    while from + needle.len() <= hay.len() {
+        let at = from
+            + hay[from..=hay.len() - needle.len()]
+                .iter()
+                .position(|&b| b == first)?;
+        if &hay[at + 1..at + needle.len()] == rest {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// The string value that follows `key` (which must end with `":"`), up to the next quote.
+/// Fine for the fields read here: ids, codes, event names and refs never hold escapes.
+#[inline]
+pub fn string_after<'a>(hay: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let start = find(hay, key)? + key.len();
+    let len = hay[start..].iter().position(|&b| b == b'"')?;
+    Some(&hay[start..start + len])
+}
+
+/// Parses leading ASCII digits; `None` if there are none or they overflow.
+#[inline]
+pub fn parse_u64(s: &[u8]) -> Option<(u64, usize)> {
+    let mut v: u64 = 0;
+    let mut n = 0;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        n += 1;
+    }
+    (n > 0).then_some((v, n))
+}
+
+/// What the content marker (`lg|<sender>|<seq>|<send ns>|`, then padding) carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    /// Global index of the sending connection.
+    pub sender: u64,
+    /// The sender's sequence number (also the request `ref`).
+    pub seq: u64,
+    /// Send time, ns since `Shared::base`.
+    pub sent_ns: u64,
+}
+
+/// Finds `"content":"lg|a|b|c|` in a frame and parses it.
+#[inline]
+pub fn parse_marker(frame: &[u8]) -> Option<Marker> {
+    const KEY: &[u8] = b"\"content\":\"lg|";
+    let mut at = find(frame, KEY)? + KEY.len();
+    let mut fields = [0u64; 3];
+    for f in &mut fields {
+        let (v, n) = parse_u64(&frame[at..])?;
+        if frame.get(at + n) != Some(&b'|') {
+            return None;
+        }
+        *f = v;
+        at += n + 1;
+    }
+    Some(Marker {
+        sender: fields[0],
+        seq: fields[1],
+        sent_ns: fields[2],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_frames() {
+        let f = br#"{"event":"receive_message","data":{"message":{"id":"7263112342016","room_id":"9","sender_id":"a","client_msg_id":"m","type":"text","content":"lg|3|17|123456|xxxx","status":"sent"}}}"#;
+        assert_eq!(
+            string_after(f, b"\"event\":\""),
+            Some(&b"receive_message"[..])
+        );
+        assert_eq!(string_after(f, b"\"id\":\""), Some(&b"7263112342016"[..]));
+        assert_eq!(
+            parse_marker(f),
+            Some(Marker {
+                sender: 3,
+                seq: 17,
+                sent_ns: 123456
+            })
+        );
+        assert_eq!(find(b"abc", b"abcd"), None);
+        assert_eq!(find(b"aab", b"ab"), Some(1));
+        let mut b = Bits::default();
+        assert!(b.set(130));
+        assert!(!b.set(130));
+        assert_eq!(b.count(), 1);
+    }
+}

@@ -1,0 +1,69 @@
+//! Composition root: opens storage, builds the hub and the authenticator, serves, and shuts
+//! down in order (stop accepting → close sockets → commit what is queued → close storage).
+
+use crate::auth::Authenticator;
+use crate::chat::Hub;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::AuthError),
+    #[error("chat: {0}")]
+    Chat(#[from] crate::chat::ChatError),
+}
+
+/// The opened parts, ready to serve.
+pub struct App {
+    config: Arc<Config>,
+    store: Store,
+    hub: Arc<Hub>,
+    auth: Authenticator,
+    metrics: Arc<Metrics>,
+}
+
+impl App {
+    /// Opens the data directory: database, signing secret, in-memory room state.
+    pub fn open(config: Config) -> Result<Self, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let data = &config.storage.data_dir;
+        let auth = Authenticator::new(&config.auth, data)?;
+        let store = Store::open(data, config.node.id, config.storage.max_batch, metrics.clone())?;
+        let hub = Hub::new(store.clone(), config.limits.clone(), metrics.clone())?;
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            hub,
+            auth,
+            metrics,
+        })
+    }
+
+    pub fn node_id(&self) -> u16 {
+        self.store.node_id()
+    }
+
+    /// Serves until `shutdown` resolves, then closes everything in order.
+    pub async fn run(self, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+        crate::server::serve(
+            listener,
+            self.hub.clone(),
+            self.auth.clone(),
+            self.metrics.clone(),
+            self.config.clone(),
+            shutdown,
+        )
+        .await;
+        let store = self.store.clone();
+        // Commits everything already queued, then stops the writer thread.
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        tracing::info!("storage closed; bye");
+    }
+}

@@ -1,0 +1,298 @@
+//! Who is this: JWT verification and minting (jsonwebtoken), password hashing (argon2id).
+
+mod passwords;
+
+pub use passwords::{hash_password, validate_password, validate_username, verify_password};
+
+use crate::config::AuthConfig;
+use crate::model::{UserId, now_ms};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Why a token or a credential was refused. Messages never contain the token itself.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token")]
+    Missing,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("wrong username or password")]
+    BadCredentials,
+    #[error("{0}")]
+    BadInput(String),
+    #[error("signing key: {0}")]
+    Key(String),
+    #[error("password hashing: {0}")]
+    Hash(String),
+}
+
+/// The claims Confab reads and writes. `sub` is the user id.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
+/// An authenticated user, as a verified token describes them.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user_id: UserId,
+    pub name: String,
+    /// Unix seconds at which the token stops being valid.
+    pub expires_at: u64,
+}
+
+struct PublicKey {
+    alg: Algorithm,
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// Verifies tokens against the local HS256 secret and any configured public keys, and mints
+/// tokens with the local secret.
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hs_encode: EncodingKey,
+    hs_decode: DecodingKey,
+    public: Vec<PublicKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: u64,
+    ttl_secs: u64,
+}
+
+/// Longest user id accepted from a token.
+pub const MAX_USER_ID_BYTES: usize = 128;
+
+impl Authenticator {
+    /// Builds the verifier: the HS256 secret comes from `jwt_secret_file`, `jwt_secret`, or
+    /// `<data_dir>/jwt-secret` (created with 256 random bits on first use).
+    pub fn new(cfg: &AuthConfig, data_dir: &Path) -> Result<Self, AuthError> {
+        let secret = load_or_create_secret(cfg, data_dir)?;
+        let mut public = Vec::new();
+        for pk in &cfg.public_keys {
+            let pem = std::fs::read(&pk.path)
+                .map_err(|e| AuthError::Key(format!("{}: {e}", pk.path.display())))?;
+            let (alg, key) = match pk.alg.as_str() {
+                "RS256" => (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem)),
+                "ES256" => (Algorithm::ES256, DecodingKey::from_ec_pem(&pem)),
+                "EdDSA" => (Algorithm::EdDSA, DecodingKey::from_ed_pem(&pem)),
+                other => return Err(AuthError::Key(format!("unsupported alg {other}"))),
+            };
+            let key = key.map_err(|e| AuthError::Key(format!("{}: {e}", pk.path.display())))?;
+            public.push(PublicKey {
+                alg,
+                kid: pk.kid.clone(),
+                key,
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                hs_encode: EncodingKey::from_secret(&secret),
+                hs_decode: DecodingKey::from_secret(&secret),
+                public,
+                issuer: cfg.issuer.clone(),
+                audience: cfg.audience.clone(),
+                leeway: cfg.leeway_secs,
+                ttl_secs: cfg.token_ttl_secs,
+            }),
+        })
+    }
+
+    /// Checks signature, `exp` (required), `nbf`, and `iss`/`aud` when configured.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Invalid(format!("bad header: {e}")))?;
+        let key = match header.alg {
+            Algorithm::HS256 => &self.inner.hs_decode,
+            alg => self
+                .inner
+                .public
+                .iter()
+                .find(|k| {
+                    k.alg == alg
+                        && (k.kid.is_none() || k.kid.as_deref() == header.kid.as_deref())
+                })
+                .map(|k| &k.key)
+                .ok_or_else(|| AuthError::Invalid(format!("no key for alg {alg:?}")))?,
+        };
+        let mut v = Validation::new(header.alg);
+        v.leeway = self.inner.leeway;
+        v.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if let Some(iss) = &self.inner.issuer {
+            v.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        match &self.inner.audience {
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => v.validate_aud = false,
+        }
+        v.set_required_spec_claims(&required);
+        let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),
+                ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer".into()),
+                ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet".into()),
+                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                ErrorKind::MissingRequiredClaim(c) => {
+                    AuthError::Invalid(format!("missing claim {c}"))
+                }
+                _ => AuthError::Invalid("malformed token".into()),
+            }
+        })?;
+        let c = data.claims;
+        if c.sub.is_empty() || c.sub.len() > MAX_USER_ID_BYTES || c.sub.chars().any(char::is_control)
+        {
+            return Err(AuthError::Invalid("sub must be 1-128 printable bytes".into()));
+        }
+        let name = c
+            .name
+            .filter(|n| !n.trim().is_empty())
+            .map(|n| n.chars().take(64).collect())
+            .unwrap_or_else(|| c.sub.clone());
+        Ok(Identity {
+            user_id: UserId::from(c.sub),
+            name,
+            expires_at: c.exp,
+        })
+    }
+
+    /// Mints an HS256 token for `user` valid for `ttl_secs` (the configured default if `None`).
+    pub fn mint(&self, user: &str, name: Option<&str>, ttl_secs: Option<u64>) -> Result<String, AuthError> {
+        let now = now_ms() / 1000;
+        let claims = Claims {
+            sub: user.to_owned(),
+            name: name.map(str::to_owned),
+            exp: now + ttl_secs.unwrap_or(self.inner.ttl_secs),
+            iat: Some(now),
+        };
+        #[derive(Serialize)]
+        struct WithAud<'a> {
+            #[serde(flatten)]
+            claims: &'a Claims,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            aud: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            iss: Option<&'a str>,
+        }
+        let full = WithAud {
+            claims: &claims,
+            aud: self.inner.audience.as_deref(),
+            iss: self.inner.issuer.as_deref(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &full, &self.inner.hs_encode)
+            .map_err(|e| AuthError::Key(e.to_string()))
+    }
+}
+
+fn load_or_create_secret(cfg: &AuthConfig, data_dir: &Path) -> Result<Vec<u8>, AuthError> {
+    if let Some(path) = &cfg.jwt_secret_file {
+        let s = std::fs::read_to_string(path)
+            .map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
+        return check_secret(s.trim().as_bytes().to_vec());
+    }
+    if let Some(s) = &cfg.jwt_secret {
+        return check_secret(s.as_bytes().to_vec());
+    }
+    let path = data_dir.join("jwt-secret");
+    match std::fs::read(&path) {
+        Ok(bytes) => check_secret(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)
+                .map_err(|e| AuthError::Key(format!("{}: {e}", data_dir.display())))?;
+            let mut raw = [0u8; 32];
+            rand::fill(&mut raw);
+            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            write_private(&path, hex.as_bytes())
+                .map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
+            Ok(hex.into_bytes())
+        }
+        Err(e) => Err(AuthError::Key(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn check_secret(bytes: Vec<u8>) -> Result<Vec<u8>, AuthError> {
+    if bytes.len() < 32 {
+        return Err(AuthError::Key(
+            "the HS256 secret must be at least 32 bytes".into(),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(dir: &Path, audience: Option<&str>) -> Authenticator {
+        let cfg = AuthConfig {
+            audience: audience.map(str::to_owned),
+            ..AuthConfig::default()
+        };
+        Authenticator::new(&cfg, dir).expect("authenticator")
+    }
+
+    #[test]
+    fn minted_tokens_verify_and_secret_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = auth(dir.path(), None);
+        let t = a.mint("alice", Some("Alice"), Some(60)).expect("mint");
+        let id = a.verify(&t).expect("verify");
+        assert_eq!(&*id.user_id, "alice");
+        assert_eq!(id.name, "Alice");
+        // A second authenticator over the same dir reads the same secret.
+        let b = auth(dir.path(), None);
+        assert!(b.verify(&t).is_ok());
+    }
+
+    #[test]
+    fn refuses_none_expired_and_wrong_audience() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = auth(dir.path(), Some("confab"));
+        let expired = {
+            let inner = auth(dir.path(), Some("confab"));
+            let claims = serde_json::json!({"sub":"a","exp": now_ms()/1000 - 3600, "aud":"confab"});
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &inner.inner.hs_encode)
+                .expect("encode")
+        };
+        assert!(matches!(a.verify(&expired), Err(AuthError::Expired)));
+        let wrong_aud = {
+            let claims = serde_json::json!({"sub":"a","exp": now_ms()/1000 + 3600, "aud":"other"});
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.inner.hs_encode)
+                .expect("encode")
+        };
+        assert!(a.verify(&wrong_aud).is_err());
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
+        assert!(a.verify(none).is_err());
+    }
+}

@@ -1,0 +1,716 @@
+//! The chat hub: rooms and membership rules, local connections, fan-out, the message flow.
+//!
+//! The hub keeps rooms, members and display names in memory (loaded from the store at start)
+//! and changes them only in store completions, on the writer thread, so memory follows commit
+//! order. It knows nothing about WebSockets or HTTP: connections are `Outbox`es of frames.
+
+mod error;
+mod outbox;
+mod validate;
+
+pub use error::ChatError;
+pub use outbox::{CloseRequest, Outbox, Pushed};
+
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use crate::model::{Id, Member, Message, MessageType, Role, Room, RoomKind, User, UserId, Visibility};
+use crate::protocol::{self, WireError};
+use crate::store::{Store, WriteOp, WriteOutput};
+use bytes::Bytes;
+use parking_lot::RwLock;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A room as clients see it: the record plus its member count.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomInfo {
+    #[serde(flatten)]
+    pub room: Room,
+    pub member_count: usize,
+}
+
+/// A member as clients see it: with the display name.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberInfo {
+    pub user_id: UserId,
+    pub name: String,
+    pub role: Role,
+    pub joined_at: u64,
+}
+
+/// The answer to a send: the stored message, and whether it was a retry of an earlier send.
+#[derive(Debug, Clone, Serialize)]
+pub struct SendAck {
+    pub message: Message,
+    pub duplicate: bool,
+}
+
+/// A page of history, newest first.
+#[derive(Debug, Serialize)]
+pub struct HistoryPage {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+/// Where the answer to a send goes once it is durable.
+pub enum Reply {
+    /// Straight into a connection's queue, ahead of the broadcast: sends pipeline without the
+    /// connection waiting for each commit.
+    Socket {
+        outbox: Arc<Outbox>,
+        reference: Option<String>,
+    },
+    /// To a waiting caller (REST).
+    Channel(tokio::sync::oneshot::Sender<Result<SendAck, ChatError>>),
+}
+
+/// A send request, already parsed.
+pub struct NewMessage {
+    pub room_id: Id,
+    pub client_msg_id: String,
+    pub kind: String,
+    pub content: String,
+}
+
+struct RoomEntry {
+    room: Room,
+    members: HashMap<UserId, Member>,
+}
+
+#[derive(Default)]
+struct State {
+    rooms: HashMap<Id, RoomEntry>,
+    user_rooms: HashMap<UserId, HashSet<Id>>,
+    names: HashMap<UserId, String>,
+}
+
+impl State {
+    fn add_member(&mut self, room: Id, m: Member) {
+        if let Some(r) = self.rooms.get_mut(&room) {
+            self.user_rooms.entry(m.user_id.clone()).or_default().insert(room);
+            r.members.insert(m.user_id.clone(), m);
+        }
+    }
+
+    fn remove_member(&mut self, room: Id, user: &UserId) {
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.members.remove(user);
+        }
+        if let Some(set) = self.user_rooms.get_mut(user) {
+            set.remove(&room);
+        }
+    }
+
+    fn info(&self, room: Id) -> Option<RoomInfo> {
+        self.rooms.get(&room).map(|r| RoomInfo {
+            room: r.room.clone(),
+            member_count: r.members.len(),
+        })
+    }
+
+    fn member_info(&self, m: &Member) -> MemberInfo {
+        MemberInfo {
+            user_id: m.user_id.clone(),
+            name: self
+                .names
+                .get(&m.user_id)
+                .cloned()
+                .unwrap_or_else(|| m.user_id.to_string()),
+            role: m.role,
+            joined_at: m.joined_at,
+        }
+    }
+}
+
+/// A live connection registered with the hub.
+pub struct Connection {
+    pub id: u64,
+    pub user: UserId,
+    pub outbox: Arc<Outbox>,
+}
+
+/// The hub. Shared as `Arc<Hub>`.
+pub struct Hub {
+    store: Store,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    state: RwLock<State>,
+    // Lock order: `state` before `conns`, never the other way.
+    conns: RwLock<HashMap<UserId, Vec<(u64, Arc<Outbox>)>>>,
+    next_conn: AtomicU64,
+}
+
+#[derive(Serialize)]
+struct RoomEvent<'a> {
+    room: &'a RoomInfo,
+}
+
+#[derive(Serialize)]
+struct MessageEvent<'a> {
+    message: &'a Message,
+}
+
+impl Hub {
+    /// Builds the hub over an opened store, loading rooms, members and names into memory.
+    pub fn new(store: Store, limits: Limits, metrics: Arc<Metrics>) -> Result<Arc<Self>, ChatError> {
+        let snap = store.snapshot()?;
+        let mut state = State::default();
+        for (room, members) in snap.rooms {
+            let id = room.id;
+            state.rooms.insert(
+                id,
+                RoomEntry {
+                    room,
+                    members: HashMap::new(),
+                },
+            );
+            for m in members {
+                state.add_member(id, m);
+            }
+        }
+        for u in snap.users {
+            state.names.insert(u.id, u.name);
+        }
+        Ok(Arc::new(Self {
+            store,
+            metrics,
+            limits,
+            state: RwLock::new(state),
+            conns: RwLock::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Registers a connection for `user` and remembers their display name.
+    pub fn connect(self: &Arc<Self>, user: &UserId, name: &str) -> Connection {
+        self.remember_name(user, name);
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let outbox = Arc::new(Outbox::new(self.limits.outbound_queue_bytes));
+        self.conns
+            .write()
+            .entry(user.clone())
+            .or_default()
+            .push((id, outbox.clone()));
+        Connection {
+            id,
+            user: user.clone(),
+            outbox,
+        }
+    }
+
+    /// Forgets a connection.
+    pub fn disconnect(&self, conn: &Connection) {
+        let mut conns = self.conns.write();
+        if let Some(list) = conns.get_mut(&conn.user) {
+            list.retain(|(id, _)| *id != conn.id);
+            if list.is_empty() {
+                conns.remove(&conn.user);
+            }
+        }
+    }
+
+    /// Asks every connection to close (shutdown) after what is already queued.
+    pub fn close_all(&self, code: u16, reason: &'static str) {
+        for list in self.conns.read().values() {
+            for (_, ob) in list {
+                ob.close(code, reason);
+            }
+        }
+    }
+
+    /// Stores a display name the first time it is seen or when it changes.
+    pub fn remember_name(self: &Arc<Self>, user: &UserId, name: &str) {
+        if self.state.read().names.get(user).map(String::as_str) == Some(name) {
+            return;
+        }
+        let hub = self.clone();
+        let u = User {
+            id: user.clone(),
+            name: name.to_owned(),
+        };
+        let (id, n) = (u.id.clone(), u.name.clone());
+        let res = self.store.submit(
+            WriteOp::SaveUser(u),
+            Box::new(move |r| {
+                if r.is_ok() {
+                    hub.state.write().names.insert(id, n);
+                }
+            }),
+        );
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "could not save a display name");
+        }
+    }
+
+    fn is_member(&self, room: Id, user: &UserId) -> Option<Role> {
+        self.state
+            .read()
+            .rooms
+            .get(&room)
+            .and_then(|r| r.members.get(user))
+            .map(|m| m.role)
+    }
+
+    fn require_member(&self, room: Id, user: &UserId) -> Result<Role, ChatError> {
+        self.is_member(room, user).ok_or(ChatError::NotFound("room"))
+    }
+
+    /// Sends one frame, serialized once, to every connection of every member of `room`.
+    fn broadcast(&self, room: Id, frame: &Bytes) {
+        let state = self.state.read();
+        let Some(r) = state.rooms.get(&room) else {
+            return;
+        };
+        let conns = self.conns.read();
+        let mut n = 0u64;
+        for user in r.members.keys() {
+            if let Some(list) = conns.get(user) {
+                for (_, ob) in list {
+                    if ob.push(frame.clone()) == Pushed::Overflowed {
+                        self.metrics.slow_consumer_closes.inc();
+                    }
+                    n += 1;
+                }
+            }
+        }
+        self.metrics.deliveries.inc_by(n);
+    }
+
+    /// Sends one frame to every connection of one user.
+    fn push_to_user(&self, user: &UserId, frame: &Bytes) {
+        if let Some(list) = self.conns.read().get(user) {
+            for (_, ob) in list {
+                ob.push(frame.clone());
+            }
+        }
+    }
+
+    /// Submits a write; `effect` runs on the writer thread right after it is durable, before
+    /// later writes complete, so in-memory state and fan-out follow commit order.
+    async fn write_then(
+        self: &Arc<Self>,
+        op: WriteOp,
+        effect: impl FnOnce(&Hub, &WriteOutput) + Send + 'static,
+    ) -> Result<WriteOutput, ChatError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let hub = self.clone();
+        self.store.submit(
+            op,
+            Box::new(move |res| {
+                if let Ok(out) = &res {
+                    effect(&hub, out);
+                }
+                let _ = tx.send(res);
+            }),
+        )?;
+        match rx.await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ChatError::Unavailable("server is shutting down")),
+        }
+    }
+
+    // ---- the message flow ----
+
+    /// Validates and queues a message; the ack (to `reply`) and the broadcast to the room
+    /// follow once it is durable. Errors found before storage are returned at once.
+    pub fn send_message(self: &Arc<Self>, user: &UserId, msg: NewMessage, reply: Reply) -> Result<(), ChatError> {
+        let kind = MessageType::from_client(&msg.kind).ok_or_else(|| {
+            ChatError::Invalid(format!("type must be text, file or image, not {:?}", msg.kind))
+        })?;
+        validate::client_msg_id(&msg.client_msg_id)?;
+        validate::content(&msg.content, self.limits.max_message_bytes)?;
+        self.require_member(msg.room_id, user)?;
+        let hub = self.clone();
+        let op = WriteOp::AppendMessage {
+            room: msg.room_id,
+            sender: user.clone(),
+            client_msg_id: msg.client_msg_id,
+            kind,
+            content: msg.content,
+        };
+        self.store
+            .submit(
+                op,
+                Box::new(move |res| hub.complete_send(res.map_err(ChatError::from), reply)),
+            )
+            .map_err(ChatError::from)
+    }
+
+    fn complete_send(&self, res: Result<WriteOutput, ChatError>, reply: Reply) {
+        let ack = match res {
+            Ok(WriteOutput::Appended { message, duplicate }) => Ok(SendAck { message, duplicate }),
+            Ok(_) => Err(ChatError::Unavailable("unexpected storage answer")),
+            Err(e) => Err(e),
+        };
+        let fanout = match &ack {
+            Ok(a) if !a.duplicate => Some((
+                a.message.room_id,
+                protocol::event("receive_message", &MessageEvent { message: &a.message }),
+            )),
+            _ => None,
+        };
+        // The sender hears the ack before its own copy of the broadcast.
+        match reply {
+            Reply::Socket { outbox, reference } => {
+                let frame = match &ack {
+                    Ok(a) => protocol::ack(reference.as_deref(), a),
+                    Err(e) => protocol::error(reference.as_deref(), &self.wire_error(e)),
+                };
+                outbox.push(frame);
+            }
+            Reply::Channel(tx) => {
+                let _ = tx.send(ack);
+            }
+        }
+        if let Some((room, frame)) = fanout {
+            self.metrics.messages_in.inc();
+            self.broadcast(room, &frame);
+        }
+    }
+
+    /// Sends over a waiting channel (REST).
+    pub async fn send_message_wait(self: &Arc<Self>, user: &UserId, msg: NewMessage) -> Result<SendAck, ChatError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send_message(user, msg, Reply::Channel(tx))?;
+        rx.await
+            .unwrap_or(Err(ChatError::Unavailable("server is shutting down")))
+    }
+
+    /// Edits a message's content (its sender, or a room owner/admin).
+    pub async fn edit_message(self: &Arc<Self>, user: &UserId, room: Id, id: Id, content: String) -> Result<Message, ChatError> {
+        validate::content(&content, self.limits.max_message_bytes)?;
+        let role = self.require_member(room, user)?;
+        let op = WriteOp::EditMessage {
+            room,
+            id,
+            by: user.clone(),
+            moderator: role.moderates(),
+            content,
+        };
+        self.change_message(op, "message_updated").await
+    }
+
+    /// Soft-deletes a message (its sender, or a room owner/admin).
+    pub async fn delete_message(self: &Arc<Self>, user: &UserId, room: Id, id: Id) -> Result<Message, ChatError> {
+        let role = self.require_member(room, user)?;
+        let op = WriteOp::DeleteMessage {
+            room,
+            id,
+            by: user.clone(),
+            moderator: role.moderates(),
+        };
+        self.change_message(op, "message_deleted").await
+    }
+
+    async fn change_message(self: &Arc<Self>, op: WriteOp, event: &'static str) -> Result<Message, ChatError> {
+        let out = self
+            .write_then(op, move |hub, out| {
+                if let WriteOutput::MessageChanged(m) = out {
+                    let frame = protocol::event(event, &MessageEvent { message: m });
+                    hub.broadcast(m.room_id, &frame);
+                }
+            })
+            .await
+            .map_err(|e| match e {
+                ChatError::NotFound(_) => ChatError::NotFound("message"),
+                ChatError::Forbidden(_) => {
+                    ChatError::Forbidden("only the sender or a room admin may change this message")
+                }
+                other => other,
+            })?;
+        match out {
+            WriteOutput::MessageChanged(m) => Ok(m),
+            _ => Err(ChatError::Unavailable("unexpected storage answer")),
+        }
+    }
+
+    /// A page of history for a member, newest first.
+    pub async fn history(
+        &self,
+        user: &UserId,
+        room: Id,
+        before: Option<Id>,
+        after: Option<Id>,
+        limit: Option<u32>,
+    ) -> Result<HistoryPage, ChatError> {
+        self.require_member(room, user)?;
+        if before.is_some() && after.is_some() {
+            return Err(ChatError::Invalid("give before or after, not both".into()));
+        }
+        let limit = match limit {
+            None => 50.min(self.limits.history_max_page),
+            Some(0) => return Err(ChatError::Invalid("limit must be at least 1".into())),
+            Some(l) if l > self.limits.history_max_page => {
+                return Err(ChatError::Invalid(format!(
+                    "limit must be at most {}",
+                    self.limits.history_max_page
+                )));
+            }
+            Some(l) => l,
+        };
+        let (messages, has_more) = self
+            .store
+            .history(room, before, after, limit as usize)
+            .await?;
+        Ok(HistoryPage { messages, has_more })
+    }
+
+    // ---- rooms and membership ----
+
+    /// Creates a group room owned by `user`.
+    pub async fn create_room(
+        self: &Arc<Self>,
+        user: &UserId,
+        name: &str,
+        topic: &str,
+        visibility: Visibility,
+    ) -> Result<RoomInfo, ChatError> {
+        let name = validate::room_name(name, self.limits.max_room_name_chars)?;
+        let topic = validate::topic(topic, self.limits.max_room_topic_chars)?;
+        let op = WriteOp::CreateRoom {
+            name,
+            topic,
+            visibility,
+            owner: user.clone(),
+        };
+        let out = self
+            .write_then(op, |hub, out| {
+                if let WriteOutput::RoomCreated { room, owner } = out {
+                    let info = {
+                        let mut st = hub.state.write();
+                        st.rooms.insert(
+                            room.id,
+                            RoomEntry {
+                                room: room.clone(),
+                                members: HashMap::new(),
+                            },
+                        );
+                        st.add_member(room.id, owner.clone());
+                        st.info(room.id)
+                    };
+                    if let Some(info) = info {
+                        let frame = protocol::event("room_added", &RoomEvent { room: &info });
+                        hub.push_to_user(&owner.user_id, &frame);
+                    }
+                }
+            })
+            .await?;
+        match out {
+            WriteOutput::RoomCreated { room, .. } => self
+                .state
+                .read()
+                .info(room.id)
+                .ok_or(ChatError::NotFound("room")),
+            _ => Err(ChatError::Unavailable("unexpected storage answer")),
+        }
+    }
+
+    /// Rooms `user` is a member of, newest first.
+    pub fn my_rooms(&self, user: &UserId) -> Vec<RoomInfo> {
+        let st = self.state.read();
+        let mut out: Vec<RoomInfo> = st
+            .user_rooms
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| st.info(*id))
+            .collect();
+        out.sort_by(|a, b| b.room.id.cmp(&a.room.id));
+        out
+    }
+
+    /// Every public room, newest first.
+    pub fn public_rooms(&self) -> Vec<RoomInfo> {
+        let st = self.state.read();
+        let mut out: Vec<RoomInfo> = st
+            .rooms
+            .values()
+            .filter(|r| r.room.visibility == Visibility::Public && r.room.kind == RoomKind::Group)
+            .map(|r| RoomInfo {
+                room: r.room.clone(),
+                member_count: r.members.len(),
+            })
+            .collect();
+        out.sort_by(|a, b| b.room.id.cmp(&a.room.id));
+        out
+    }
+
+    /// One room, for a member (or anyone, if it is public).
+    pub fn room(&self, user: &UserId, room: Id) -> Result<RoomInfo, ChatError> {
+        let st = self.state.read();
+        let r = st.rooms.get(&room).ok_or(ChatError::NotFound("room"))?;
+        if r.members.contains_key(user) || r.room.visibility == Visibility::Public && r.room.kind == RoomKind::Group {
+            Ok(RoomInfo {
+                room: r.room.clone(),
+                member_count: r.members.len(),
+            })
+        } else {
+            Err(ChatError::NotFound("room"))
+        }
+    }
+
+    /// Joins a public room. A private room answers `not_found`, as if it did not exist.
+    pub async fn join_room(self: &Arc<Self>, user: &UserId, room: Id) -> Result<RoomInfo, ChatError> {
+        {
+            let st = self.state.read();
+            let r = st.rooms.get(&room).ok_or(ChatError::NotFound("room"))?;
+            if r.room.visibility != Visibility::Public || r.room.kind != RoomKind::Group {
+                if r.members.contains_key(user) {
+                    return st.info(room).ok_or(ChatError::NotFound("room"));
+                }
+                return Err(ChatError::NotFound("room"));
+            }
+        }
+        self.add_member(room, user.clone()).await?;
+        self.state.read().info(room).ok_or(ChatError::NotFound("room"))
+    }
+
+    /// Adds `target` to a group room `user` belongs to.
+    pub async fn invite(self: &Arc<Self>, user: &UserId, room: Id, target: &str) -> Result<(), ChatError> {
+        validate::user_id(target)?;
+        {
+            let st = self.state.read();
+            let r = st.rooms.get(&room).ok_or(ChatError::NotFound("room"))?;
+            if !r.members.contains_key(user) {
+                return Err(ChatError::NotFound("room"));
+            }
+            if r.room.kind == RoomKind::Dm {
+                return Err(ChatError::Forbidden("nobody can be invited into a direct message"));
+            }
+        }
+        self.add_member(room, UserId::from(target)).await.map(|_| ())
+    }
+
+    async fn add_member(self: &Arc<Self>, room: Id, user: UserId) -> Result<(), ChatError> {
+        let op = WriteOp::AddMember {
+            room,
+            user,
+            role: Role::Member,
+        };
+        self.write_then(op, move |hub, out| {
+            if let WriteOutput::MemberAdded {
+                member,
+                added: true,
+            } = out
+            {
+                hub.on_member_added(room, member);
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    fn on_member_added(&self, room: Id, member: &Member) {
+        let (info, m) = {
+            let mut st = self.state.write();
+            st.add_member(room, member.clone());
+            (st.info(room), st.member_info(member))
+        };
+        #[derive(Serialize)]
+        struct Joined<'a> {
+            room_id: Id,
+            member: &'a MemberInfo,
+        }
+        let frame = protocol::event("member_joined", &Joined { room_id: room, member: &m });
+        self.broadcast(room, &frame);
+        if let Some(info) = info {
+            let frame = protocol::event("room_added", &RoomEvent { room: &info });
+            self.push_to_user(&member.user_id, &frame);
+        }
+    }
+
+    /// Leaves a room.
+    pub async fn leave_room(self: &Arc<Self>, user: &UserId, room: Id) -> Result<(), ChatError> {
+        self.require_member(room, user)?;
+        let op = WriteOp::RemoveMember {
+            room,
+            user: user.clone(),
+        };
+        let leaver = user.clone();
+        self.write_then(op, move |hub, out| {
+            if let WriteOutput::MemberRemoved { removed: true } = out {
+                #[derive(Serialize)]
+                struct Left<'a> {
+                    room_id: Id,
+                    user_id: &'a UserId,
+                }
+                let frame = protocol::event("member_left", &Left { room_id: room, user_id: &leaver });
+                // Tell the room (the leaver included) before they stop being a member.
+                hub.broadcast(room, &frame);
+                hub.state.write().remove_member(room, &leaver);
+                #[derive(Serialize)]
+                struct Removed {
+                    room_id: Id,
+                }
+                hub.push_to_user(&leaver, &protocol::event("room_removed", &Removed { room_id: room }));
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Members of a room, for a member.
+    pub fn members(&self, user: &UserId, room: Id) -> Result<Vec<MemberInfo>, ChatError> {
+        let st = self.state.read();
+        let r = st.rooms.get(&room).ok_or(ChatError::NotFound("room"))?;
+        if !r.members.contains_key(user) {
+            return Err(ChatError::NotFound("room"));
+        }
+        let mut out: Vec<MemberInfo> = r.members.values().map(|m| st.member_info(m)).collect();
+        out.sort_by(|a, b| a.joined_at.cmp(&b.joined_at).then_with(|| a.user_id.cmp(&b.user_id)));
+        Ok(out)
+    }
+
+    /// The direct-message room of `user` and `other`, created on first use.
+    pub async fn open_dm(self: &Arc<Self>, user: &UserId, other: &str) -> Result<RoomInfo, ChatError> {
+        validate::user_id(other)?;
+        if other == &**user {
+            return Err(ChatError::Invalid("a direct message needs another user".into()));
+        }
+        let op = WriteOp::OpenDm {
+            a: user.clone(),
+            b: UserId::from(other),
+        };
+        let out = self
+            .write_then(op, |hub, out| {
+                if let WriteOutput::Dm { room, added } = out {
+                    {
+                        let mut st = hub.state.write();
+                        st.rooms.entry(room.id).or_insert_with(|| RoomEntry {
+                            room: room.clone(),
+                            members: HashMap::new(),
+                        });
+                    }
+                    for m in added {
+                        hub.on_member_added(room.id, m);
+                    }
+                }
+            })
+            .await?;
+        match out {
+            WriteOutput::Dm { room, .. } => self
+                .state
+                .read()
+                .info(room.id)
+                .ok_or(ChatError::NotFound("room")),
+            _ => Err(ChatError::Unavailable("unexpected storage answer")),
+        }
+    }
+
+    /// Turns an error into its wire form, counting it.
+    pub fn wire_error(&self, e: &ChatError) -> WireError {
+        let w = e.to_wire();
+        self.metrics.error(w.code);
+        w
+    }
+}

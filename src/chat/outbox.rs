@@ -1,0 +1,134 @@
+//! A connection's outbound queue: bounded in bytes, shared frames, one wake-up per batch.
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use tokio::sync::Notify;
+
+/// Why the hub wants a connection closed, and the close code to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseRequest {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+struct Queue {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    close: Option<CloseRequest>,
+}
+
+/// Frames waiting to be written to one connection. Producers (the hub, on any thread) push
+/// shared `Bytes`; the connection's writer drains everything at once and flushes once.
+pub struct Outbox {
+    queue: Mutex<Queue>,
+    notify: Notify,
+    limit: usize,
+}
+
+/// What `push` did with a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// The queue passed its bound: the connection is now closing as a slow consumer.
+    Overflowed,
+    /// The connection is already closing; the frame was dropped.
+    Closed,
+}
+
+impl Outbox {
+    pub fn new(limit_bytes: usize) -> Self {
+        Self {
+            queue: Mutex::new(Queue {
+                frames: VecDeque::new(),
+                bytes: 0,
+                close: None,
+            }),
+            notify: Notify::new(),
+            limit: limit_bytes,
+        }
+    }
+
+    /// Queues a frame. Past the byte bound the queue is dropped and the connection is asked
+    /// to close with `SLOW_CONSUMER`: a reader that stops reading never slows its room.
+    pub fn push(&self, frame: Bytes) -> Pushed {
+        let mut q = self.queue.lock();
+        if q.close.is_some() {
+            return Pushed::Closed;
+        }
+        if q.bytes + frame.len() > self.limit {
+            q.frames.clear();
+            q.bytes = 0;
+            q.close = Some(CloseRequest {
+                code: crate::protocol::close::SLOW_CONSUMER,
+                reason: "slow consumer",
+            });
+            drop(q);
+            self.notify.notify_one();
+            return Pushed::Overflowed;
+        }
+        q.bytes += frame.len();
+        let was_empty = q.frames.is_empty();
+        q.frames.push_back(frame);
+        drop(q);
+        // One wake-up per batch: the writer drains everything queued since.
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Asks the writer to close after the frames already queued.
+    pub fn close(&self, code: u16, reason: &'static str) {
+        let mut q = self.queue.lock();
+        if q.close.is_none() {
+            q.close = Some(CloseRequest { code, reason });
+        }
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    /// Moves every queued frame into `out` and returns a pending close request, if any.
+    pub fn drain_into(&self, out: &mut Vec<Bytes>) -> Option<CloseRequest> {
+        let mut q = self.queue.lock();
+        out.extend(q.frames.drain(..));
+        q.bytes = 0;
+        if q.frames.capacity() > 64 {
+            q.frames.shrink_to(8);
+        }
+        q.close
+    }
+
+    /// Resolves once something was pushed or a close was requested since the last drain.
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_closes_as_slow_consumer_and_drops_the_backlog() {
+        let ob = Outbox::new(10);
+        assert_eq!(ob.push(Bytes::from_static(b"12345")), Pushed::Queued);
+        assert_eq!(ob.push(Bytes::from_static(b"12345")), Pushed::Queued);
+        assert_eq!(ob.push(Bytes::from_static(b"1")), Pushed::Overflowed);
+        assert_eq!(ob.push(Bytes::from_static(b"1")), Pushed::Closed);
+        let mut out = Vec::new();
+        let close = ob.drain_into(&mut out);
+        assert!(out.is_empty());
+        assert_eq!(close.map(|c| c.code), Some(crate::protocol::close::SLOW_CONSUMER));
+    }
+
+    #[test]
+    fn drained_bytes_free_room_for_more() {
+        let ob = Outbox::new(10);
+        ob.push(Bytes::from_static(b"1234567890"));
+        let mut out = Vec::new();
+        assert!(ob.drain_into(&mut out).is_none());
+        assert_eq!(out.len(), 1);
+        assert_eq!(ob.push(Bytes::from_static(b"1234567890")), Pushed::Queued);
+    }
+}

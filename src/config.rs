@@ -1,0 +1,467 @@
+//! Configuration: figment layers (defaults < file < CONFAB_* env < flags) into a validated `Config`.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Figment(#[from] Box<figment::Error>),
+    #[error("configuration key {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    #[serde(deserialize_with = "stringish")]
+    pub listen: String,
+    pub allowed_origins: Vec<String>,
+    pub max_connections: usize,
+    pub header_read_timeout_secs: u64,
+    pub heartbeat_interval_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            allowed_origins: Vec::new(),
+            max_connections: 20_000,
+            header_read_timeout_secs: 10,
+            heartbeat_interval_secs: 30,
+            idle_timeout_secs: 75,
+            shutdown_grace_secs: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub max_batch: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            max_batch: 2048,
+        }
+    }
+}
+
+/// A host application's public key for verifying the tokens it mints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    pub alg: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub kid: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Registration {
+    Open,
+    Closed,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    #[serde(deserialize_with = "opt_stringish", skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_file: Option<PathBuf>,
+    pub public_keys: Vec<PublicKeyConfig>,
+    #[serde(deserialize_with = "opt_stringish", skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(deserialize_with = "opt_stringish", skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    pub leeway_secs: u64,
+    pub token_ttl_secs: u64,
+    pub registration: Registration,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
+            .field("jwt_secret_file", &self.jwt_secret_file)
+            .field("public_keys", &self.public_keys)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            jwt_secret_file: None,
+            public_keys: Vec::new(),
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+            token_ttl_secs: 86_400,
+            registration: Registration::Open,
+        }
+    }
+}
+
+/// Sizes and bounds that protect the server from its clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_message_bytes: usize,
+    pub outbound_queue_bytes: usize,
+    pub history_max_page: u32,
+    pub max_room_name_chars: usize,
+    pub max_room_topic_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            max_message_bytes: 16 * 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            history_max_page: 200,
+            max_room_name_chars: 80,
+            max_room_topic_chars: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    #[serde(deserialize_with = "stringish")]
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// The whole configuration, as layered; `resolve` checks it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawConfig {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    pub node: NodeConfig,
+    pub log: LogConfig,
+}
+
+/// A checked configuration: what the server runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    pub node: NodeConfig,
+    pub log: LogConfig,
+}
+
+/// The layered sources, kept to report where each value came from.
+pub struct Loaded {
+    pub config: Config,
+    /// Keys present in a source that no setting reads (typos, removed settings).
+    pub unknown_keys: Vec<String>,
+    /// `key = value   (source)` for every leaf setting, secrets masked.
+    pub provenance: Vec<(String, String, String)>,
+}
+
+/// Command-line values that override every other layer (`None` = not given).
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+/// Loads defaults < `config.toml` (or `file`) < CONFAB_* env < `overrides`, then validates.
+/// A missing default `config.toml` is fine; a missing explicit `--config` file is an error.
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Loaded, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+    match file {
+        Some(path) => {
+            if !path.exists() {
+                return Err(invalid(
+                    "--config",
+                    format!("{} does not exist", path.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        None => figment = figment.merge(Toml::file_exact("config.toml")),
+    }
+    figment = figment.merge(Env::prefixed("CONFAB_").split("__"));
+    let mut flags = Dict::new();
+    let mut flag = |key: &str, v: String| {
+        if let Value::Dict(_, d) = figment::util::nest(key, Value::from(v)) {
+            merge_dict(&mut flags, d);
+        }
+    };
+    if let Some(l) = &overrides.listen {
+        flag("server.listen", l.clone());
+    }
+    if let Some(d) = &overrides.data_dir {
+        flag("storage.data_dir", d.to_string_lossy().into_owned());
+    }
+    if let Some(l) = &overrides.log_level {
+        flag("log.level", l.clone());
+    }
+    figment = figment.merge(Flags(flags));
+
+    let raw: RawConfig = figment.extract().map_err(Box::new)?;
+    let merged: Value = figment.extract().map_err(Box::new)?;
+    let mut unknown_keys = Vec::new();
+    let _: Result<RawConfig, _> = serde_ignored::deserialize(&merged, |path| {
+        unknown_keys.push(path.to_string());
+    });
+
+    let mut provenance = Vec::new();
+    collect_leaves(&figment, &merged, String::new(), &mut provenance);
+
+    Ok(Loaded {
+        config: resolve(raw)?,
+        unknown_keys,
+        provenance,
+    })
+}
+
+fn collect_leaves(
+    figment: &Figment,
+    value: &Value,
+    prefix: String,
+    out: &mut Vec<(String, String, String)>,
+) {
+    if let Value::Dict(_, dict) = value {
+        for (k, v) in dict {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            collect_leaves(figment, v, key, out);
+        }
+        return;
+    }
+    let shown = if prefix.contains("secret") {
+        "<redacted>".to_owned()
+    } else {
+        show_value(value)
+    };
+    let source = match figment.find_metadata(&prefix) {
+        Some(m) if m.name.contains("TOML") => match &m.source {
+            Some(src) => format!("file {src}"),
+            None => "file".to_owned(),
+        },
+        Some(m) if m.name.contains("environment") => {
+            format!("env CONFAB_{}", prefix.replace('.', "__").to_uppercase())
+        }
+        Some(m) if m.name == FLAGS_NAME => "command line".to_owned(),
+        _ => "default".to_owned(),
+    };
+    out.push((prefix, shown, source));
+}
+
+const FLAGS_NAME: &str = "command-line flags";
+
+/// The top layer: values given as command-line flags.
+struct Flags(Dict);
+
+impl figment::Provider for Flags {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(FLAGS_NAME)
+    }
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, Dict>, figment::Error> {
+        Ok(figment::Profile::Default.collect(self.0.clone()))
+    }
+}
+
+fn merge_dict(into: &mut Dict, from: Dict) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(Value::Dict(_, a)), Value::Dict(_, b)) => merge_dict(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+fn show_value(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "?".to_owned())
+}
+
+/// Checks a layered configuration and turns it into what the server runs on.
+pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
+    let listen: SocketAddr = raw.server.listen.parse().map_err(|_| {
+        invalid(
+            "server.listen",
+            format!("{:?} is not an address like 127.0.0.1:8080", raw.server.listen),
+        )
+    })?;
+    if raw.server.max_connections == 0 {
+        return Err(invalid("server.max_connections", "must be at least 1"));
+    }
+    if raw.server.heartbeat_interval_secs == 0 {
+        return Err(invalid("server.heartbeat_interval_secs", "must be at least 1"));
+    }
+    if raw.server.idle_timeout_secs <= raw.server.heartbeat_interval_secs {
+        return Err(invalid(
+            "server.idle_timeout_secs",
+            "must be longer than server.heartbeat_interval_secs",
+        ));
+    }
+    if raw.storage.max_batch == 0 {
+        return Err(invalid("storage.max_batch", "must be at least 1"));
+    }
+    let l = &raw.limits;
+    if l.max_message_bytes == 0 || l.max_message_bytes + 1024 > l.max_frame_bytes {
+        return Err(invalid(
+            "limits.max_message_bytes",
+            "must be at least 1 and at least 1 KiB below limits.max_frame_bytes",
+        ));
+    }
+    if l.max_frame_bytes > 16 * 1024 * 1024 {
+        return Err(invalid("limits.max_frame_bytes", "must be at most 16 MiB"));
+    }
+    if l.outbound_queue_bytes < l.max_frame_bytes {
+        return Err(invalid(
+            "limits.outbound_queue_bytes",
+            "must be at least limits.max_frame_bytes",
+        ));
+    }
+    if l.history_max_page == 0 {
+        return Err(invalid("limits.history_max_page", "must be at least 1"));
+    }
+    if let Some(id) = raw.node.id
+        && id > crate::model::MAX_NODE_ID
+    {
+        return Err(invalid("node.id", "must be between 0 and 1023"));
+    }
+    for k in &raw.auth.public_keys {
+        if !matches!(k.alg.as_str(), "RS256" | "ES256" | "EdDSA") {
+            return Err(invalid(
+                "auth.public_keys",
+                format!("alg {:?} is not one of RS256, ES256, EdDSA", k.alg),
+            ));
+        }
+    }
+    if raw.auth.token_ttl_secs == 0 {
+        return Err(invalid("auth.token_ttl_secs", "must be at least 1"));
+    }
+    Ok(Config {
+        listen,
+        server: raw.server,
+        storage: raw.storage,
+        auth: raw.auth,
+        limits: raw.limits,
+        node: raw.node,
+        log: raw.log,
+    })
+}
+
+/// Accepts a string, or a number/bool that an env variable turned into one ("8080" → 8080).
+fn stringish<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        Str(String),
+        U(u64),
+        I(i64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match S::deserialize(d)? {
+        S::Str(s) => s,
+        S::U(n) => n.to_string(),
+        S::I(n) => n.to_string(),
+        S::F(n) => n.to_string(),
+        S::B(b) => b.to_string(),
+    })
+}
+
+fn opt_stringish<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    stringish(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_resolve() {
+        let c = resolve(RawConfig::default()).expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.storage.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn shipped_config_toml_equals_the_defaults_and_has_no_unknown_keys() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let loaded = load(Some(&path), &Overrides::default()).expect("config.toml loads");
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+        let shipped = serde_json::to_value(RawConfig::default()).expect("json");
+        let from_file = serde_json::to_value(RawConfig {
+            server: loaded.config.server,
+            storage: loaded.config.storage,
+            auth: loaded.config.auth,
+            limits: loaded.config.limits,
+            node: loaded.config.node,
+            log: loaded.config.log,
+        })
+        .expect("json");
+        assert_eq!(shipped, from_file);
+    }
+}

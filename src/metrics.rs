@@ -1,0 +1,160 @@
+//! Process-wide counters and histograms, rendered as Prometheus text at `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+type CodeLabels = Vec<(&'static str, &'static str)>;
+
+/// Every metric Confab exports. Cheap to update from any thread (atomics inside).
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    pub connections_refused: Family<CodeLabels, Counter>,
+    pub messages_in: Counter,
+    pub deliveries: Counter,
+    pub frames_out: Counter,
+    pub errors: Family<CodeLabels, Counter>,
+    pub slow_consumer_closes: Counter,
+    pub commit_batch_size: Histogram,
+    pub commit_seconds: Histogram,
+    pub write_queue_depth: Gauge,
+    resident_bytes: Gauge<u64, AtomicU64>,
+    storage_bytes: Gauge<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            connections_refused: Family::default(),
+            messages_in: Counter::default(),
+            deliveries: Counter::default(),
+            frames_out: Counter::default(),
+            errors: Family::default(),
+            slow_consumer_closes: Counter::default(),
+            commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            commit_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
+            write_queue_depth: Gauge::default(),
+            resident_bytes: Gauge::default(),
+            storage_bytes: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "confab_connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "confab_connections_accepted",
+            "WebSocket connections accepted",
+            m.connections_total.clone(),
+        );
+        r.register(
+            "confab_connections_refused",
+            "WebSocket upgrades refused, by reason",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "confab_messages_in",
+            "Messages stored (acked)",
+            m.messages_in.clone(),
+        );
+        r.register(
+            "confab_deliveries",
+            "Messages queued to recipient connections",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "confab_frames_out",
+            "Frames written to WebSocket connections",
+            m.frames_out.clone(),
+        );
+        r.register(
+            "confab_errors",
+            "Errors answered to clients, by code",
+            m.errors.clone(),
+        );
+        r.register(
+            "confab_slow_consumer_closes",
+            "Connections closed because their outbound queue overflowed",
+            m.slow_consumer_closes.clone(),
+        );
+        r.register(
+            "confab_commit_batch_size",
+            "Writes per storage commit (group commit)",
+            m.commit_batch_size.clone(),
+        );
+        r.register(
+            "confab_commit_seconds",
+            "Duration of one fsynced storage commit",
+            m.commit_seconds.clone(),
+        );
+        r.register(
+            "confab_write_queue_depth",
+            "Writes waiting for the storage writer",
+            m.write_queue_depth.clone(),
+        );
+        r.register(
+            "process_resident_memory_bytes",
+            "Resident set size of the process",
+            m.resident_bytes.clone(),
+        );
+        r.register(
+            "confab_storage_bytes",
+            "Size of the database file",
+            m.storage_bytes.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Counts an error answered to a client.
+    pub fn error(&self, code: crate::protocol::ErrorCode) {
+        self.errors
+            .get_or_create(&vec![("code", code.as_str())])
+            .inc();
+    }
+
+    /// Counts a refused upgrade.
+    pub fn refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// Prometheus text exposition, sampling process gauges first.
+    pub fn render(&self, storage_file: &std::path::Path) -> String {
+        if let Some(rss) = resident_bytes() {
+            self.resident_bytes.set(rss);
+        }
+        if let Ok(meta) = std::fs::metadata(storage_file) {
+            self.storage_bytes.set(meta.len());
+        }
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Resident set size from /proc (Linux); `None` elsewhere.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

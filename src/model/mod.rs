@@ -1,0 +1,135 @@
+//! Plain data shared by every layer: ids, users, rooms, members, messages. No I/O here.
+
+mod ids;
+
+pub use ids::{ID_EPOCH_MS, Id, IdGenerator, MAX_NODE_ID};
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A user id: the JWT `sub` (for built-in accounts, the username). Shared, cheap to clone.
+pub type UserId = Arc<str>;
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What a message is: user text, a shared file, an image, or a server notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageType {
+    Text,
+    File,
+    Image,
+    System,
+}
+
+impl MessageType {
+    /// Parses a client-supplied type; `system` is reserved to the server.
+    pub fn from_client(s: &str) -> Option<Self> {
+        match s {
+            "text" => Some(Self::Text),
+            "file" => Some(Self::File),
+            "image" => Some(Self::Image),
+            _ => None,
+        }
+    }
+}
+
+/// Lifecycle of a message as seen by its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    Sent,
+    Delivered,
+    Read,
+}
+
+/// One chat message, as stored and as sent on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: Id,
+    pub room_id: Id,
+    pub sender_id: UserId,
+    pub client_msg_id: String,
+    #[serde(rename = "type")]
+    pub kind: MessageType,
+    pub content: String,
+    pub status: MessageStatus,
+    pub created_at: u64,
+    pub edited_at: Option<u64>,
+    pub deleted_at: Option<u64>,
+}
+
+/// Whether anyone may find and join a room, or only invitees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    Public,
+    #[default]
+    Private,
+}
+
+/// A group room or a direct-message room between two users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomKind {
+    Group,
+    Dm,
+}
+
+/// A room's own record (membership is kept apart, in `Member`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Room {
+    pub id: Id,
+    pub name: String,
+    pub topic: String,
+    pub visibility: Visibility,
+    pub kind: RoomKind,
+    pub created_by: UserId,
+    pub created_at: u64,
+}
+
+/// A member's standing in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    /// Owners and admins may moderate (edit or delete others' messages).
+    pub fn moderates(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+}
+
+/// One user's membership of one room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub user_id: UserId,
+    pub role: Role,
+    pub joined_at: u64,
+}
+
+/// A user as known to this server: from a token's `sub`/`name` or a built-in account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub name: String,
+}
+
+/// A built-in account: a username with an argon2id password hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Account {
+    pub user_id: UserId,
+    pub display_name: String,
+    pub password_hash: String,
+    pub created_at: u64,
+}

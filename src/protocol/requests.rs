@@ -1,0 +1,127 @@
+//! Typed payloads of client requests, shared by the WebSocket and REST transports.
+
+use crate::model::{Id, Visibility};
+use serde::Deserialize;
+
+/// Every request event a client may send.
+pub const REQUEST_EVENTS: [&str; 13] = [
+    "send_message",
+    "edit_message",
+    "delete_message",
+    "history",
+    "create_room",
+    "list_rooms",
+    "list_public_rooms",
+    "join_room",
+    "invite",
+    "leave_room",
+    "list_members",
+    "open_dm",
+    "ping",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    pub room_id: Id,
+    pub client_msg_id: String,
+    #[serde(rename = "type", default = "default_type")]
+    pub kind: String,
+    pub content: String,
+}
+
+fn default_type() -> String {
+    "text".to_owned()
+}
+
+/// The REST form of `send_message`: the room comes from the path.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostMessage {
+    pub client_msg_id: String,
+    #[serde(rename = "type", default = "default_type")]
+    pub kind: String,
+    pub content: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessage {
+    pub room_id: Id,
+    pub message_id: Id,
+    pub content: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditBody {
+    pub content: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageRef {
+    pub room_id: Id,
+    pub message_id: Id,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct History {
+    pub room_id: Id,
+    #[serde(default)]
+    pub before: Option<Id>,
+    #[serde(default)]
+    pub after: Option<Id>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoom {
+    pub name: String,
+    #[serde(default)]
+    pub topic: String,
+    #[serde(default)]
+    pub visibility: Visibility,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomRef {
+    pub room_id: Id,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Invite {
+    pub room_id: Id,
+    pub user_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRef {
+    pub user_id: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub username: String,
+    pub password: String,
+}

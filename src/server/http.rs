@@ -1,0 +1,413 @@
+//! HTTP routes: the REST API under /api/, health, metrics, the WebSocket endpoint, assets.
+
+use super::AppState;
+use crate::auth::{self, AuthError, Identity};
+use crate::chat::{ChatError, NewMessage};
+use crate::config::Registration;
+use crate::model::{Account, Id, UserId, now_ms};
+use crate::protocol::{self, ErrorCode, WireError};
+use crate::store::{StoreError, WriteOp};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+pub type Resp = Response<Full<Bytes>>;
+
+/// Largest REST request body.
+const MAX_BODY: usize = 64 * 1024;
+
+pub async fn route(st: AppState, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let res = match (&method, segments.as_slice()) {
+        (_, ["ws"]) => return super::ws::upgrade(st, peer, req).await,
+        (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET, ["readyz"]) => Ok(if st.ready.load(Ordering::Acquire) {
+            text(StatusCode::OK, "ready\n")
+        } else {
+            text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+        }),
+        (&Method::GET, ["metrics"]) => {
+            let body = st.metrics.render(st.hub.store().path());
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(r)
+        }
+        (_, ["api", rest @ ..]) => api(&st, &method, rest, req).await,
+        (&Method::GET | &Method::HEAD, _) => Ok(super::assets::serve(&path, req.headers())),
+        _ => Err(WireError::new(ErrorCode::NotFound, "no such endpoint")),
+    };
+    match res {
+        Ok(r) => r,
+        Err(e) => {
+            st.metrics.error(e.code);
+            error_response(&e)
+        }
+    }
+}
+
+type ApiResult = Result<Resp, WireError>;
+
+async fn api(st: &AppState, method: &Method, seg: &[&str], req: Request<Incoming>) -> ApiResult {
+    match (method, seg) {
+        (&Method::POST, ["auth", "register"]) => return register(st, req).await,
+        (&Method::POST, ["auth", "login"]) => return login(st, req).await,
+        _ => {}
+    }
+    let me = authenticate(st, &req)?;
+    let hub = &st.hub;
+    let user = &me.user_id;
+    match (method, seg) {
+        (&Method::GET, ["me"]) => ok(&serde_json::json!({"user": {"id": user, "name": me.name}})),
+        (&Method::GET, ["rooms"]) => ok(&serde_json::json!({"rooms": hub.my_rooms(user)})),
+        (&Method::POST, ["rooms"]) => {
+            let b: protocol::CreateRoom = body(req).await?;
+            let room = hub
+                .create_room(user, &b.name, &b.topic, b.visibility)
+                .await
+                .map_err(|e| hub.wire_error(&e))?;
+            created(&serde_json::json!({ "room": room }))
+        }
+        (&Method::GET, ["rooms", "public"]) => {
+            ok(&serde_json::json!({"rooms": hub.public_rooms()}))
+        }
+        (&Method::GET, ["rooms", id]) => {
+            let room = hub.room(user, room_id(id)?).map_err(|e| hub.wire_error(&e))?;
+            ok(&serde_json::json!({ "room": room }))
+        }
+        (&Method::POST, ["rooms", id, "join"]) => {
+            let room = hub
+                .join_room(user, room_id(id)?)
+                .await
+                .map_err(|e| hub.wire_error(&e))?;
+            ok(&serde_json::json!({ "room": room }))
+        }
+        (&Method::POST, ["rooms", id, "invite"]) => {
+            let room = room_id(id)?;
+            let b: protocol::UserRef = body(req).await?;
+            hub.invite(user, room, &b.user_id)
+                .await
+                .map_err(|e| hub.wire_error(&e))?;
+            ok(&serde_json::json!({}))
+        }
+        (&Method::POST, ["rooms", id, "leave"]) => {
+            hub.leave_room(user, room_id(id)?)
+                .await
+                .map_err(|e| hub.wire_error(&e))?;
+            ok(&serde_json::json!({}))
+        }
+        (&Method::GET, ["rooms", id, "members"]) => {
+            let members = hub
+                .members(user, room_id(id)?)
+                .map_err(|e| hub.wire_error(&e))?;
+            ok(&serde_json::json!({ "members": members }))
+        }
+        (&Method::GET, ["rooms", id, "messages"]) => {
+            let room = room_id(id)?;
+            let q = Query::parse(req.uri().query())?;
+            let page = hub
+                .history(user, room, q.before, q.after, q.limit)
+                .await
+                .map_err(|e| hub.wire_error(&e))?;
+            ok(&page)
+        }
+        (&Method::POST, ["rooms", id, "messages"]) => {
+            let room = room_id(id)?;
+            let b: protocol::PostMessage = body(req).await?;
+            let ack = hub
+                .send_message_wait(
+                    user,
+                    NewMessage {
+                        room_id: room,
+                        client_msg_id: b.client_msg_id,
+                        kind: b.kind,
+                        content: b.content,
+                    },
+                )
+                .await
+                .map_err(|e| hub.wire_error(&e))?;
+            if ack.duplicate {
+                ok(&ack)
+            } else {
+                created(&ack)
+            }
+        }
+        (&Method::PATCH, ["rooms", id, "messages", mid]) => {
+            let (room, mid) = (room_id(id)?, message_id(mid)?);
+            let b: protocol::EditBody = body(req).await?;
+            let m = hub
+                .edit_message(user, room, mid, b.content)
+                .await
+                .map_err(|e| hub.wire_error(&e))?;
+            ok(&serde_json::json!({ "message": m }))
+        }
+        (&Method::DELETE, ["rooms", id, "messages", mid]) => {
+            let (room, mid) = (room_id(id)?, message_id(mid)?);
+            let m = hub
+                .delete_message(user, room, mid)
+                .await
+                .map_err(|e| hub.wire_error(&e))?;
+            ok(&serde_json::json!({ "message": m }))
+        }
+        (&Method::POST, ["dm"]) => {
+            let b: protocol::UserRef = body(req).await?;
+            let room = hub
+                .open_dm(user, &b.user_id)
+                .await
+                .map_err(|e| hub.wire_error(&e))?;
+            ok(&serde_json::json!({ "room": room }))
+        }
+        _ => Err(WireError::new(ErrorCode::NotFound, "no such endpoint")),
+    }
+}
+
+/// The Bearer token of a REST request, verified.
+fn authenticate(st: &AppState, req: &Request<Incoming>) -> Result<Identity, WireError> {
+    let token = bearer(req.headers()).ok_or_else(|| {
+        WireError::new(ErrorCode::Unauthorized, "missing Authorization: Bearer token")
+    })?;
+    st.auth.verify(token).map_err(auth_error)
+}
+
+pub fn bearer(h: &hyper::HeaderMap) -> Option<&str> {
+    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+pub fn auth_error(e: AuthError) -> WireError {
+    match e {
+        AuthError::BadInput(m) => WireError::new(ErrorCode::InvalidPayload, m),
+        AuthError::Key(_) | AuthError::Hash(_) => {
+            tracing::error!(error = %e, "auth failure");
+            WireError::new(ErrorCode::Internal, "internal error")
+        }
+        other => WireError::new(ErrorCode::Unauthorized, other.to_string()),
+    }
+}
+
+fn store_error(e: StoreError) -> WireError {
+    ChatError::from(e).to_wire()
+}
+
+#[derive(Serialize)]
+struct Session<'a> {
+    token: String,
+    user: UserView<'a>,
+}
+
+#[derive(Serialize)]
+struct UserView<'a> {
+    id: &'a str,
+    name: &'a str,
+}
+
+async fn register(st: &AppState, req: Request<Incoming>) -> ApiResult {
+    if st.config.auth.registration == Registration::Closed {
+        return Err(WireError::new(ErrorCode::Forbidden, "registration is closed"));
+    }
+    let b: protocol::Register = body(req).await?;
+    let username = auth::validate_username(&b.username).map_err(auth_error)?;
+    auth::validate_password(&b.password).map_err(auth_error)?;
+    let display = b
+        .display_name
+        .map(|d| d.trim().chars().take(64).collect::<String>())
+        .filter(|d| !d.is_empty() && !d.chars().any(char::is_control))
+        .unwrap_or_else(|| username.clone());
+    let password = b.password;
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(|_| WireError::new(ErrorCode::Internal, "internal error"))?
+        .map_err(auth_error)?;
+    let user_id = UserId::from(username.as_str());
+    let account = Account {
+        user_id: user_id.clone(),
+        display_name: display.clone(),
+        password_hash: hash,
+        created_at: now_ms(),
+    };
+    st.hub
+        .store()
+        .write(WriteOp::CreateAccount {
+            username: username.clone(),
+            account,
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict => WireError::new(ErrorCode::Conflict, "username is taken"),
+            other => store_error(other),
+        })?;
+    st.hub.remember_name(&user_id, &display);
+    let token = st.auth.mint(&username, Some(&display), None).map_err(auth_error)?;
+    tracing::info!(user = %username, "account registered");
+    created(&Session {
+        token,
+        user: UserView {
+            id: &username,
+            name: &display,
+        },
+    })
+}
+
+/// A hash to verify against when the account does not exist, so a wrong username costs the
+/// same time as a wrong password.
+static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+async fn login(st: &AppState, req: Request<Incoming>) -> ApiResult {
+    let b: protocol::Login = body(req).await?;
+    let bad = || WireError::new(ErrorCode::Unauthorized, "wrong username or password");
+    let Ok(username) = auth::validate_username(&b.username) else {
+        return Err(bad());
+    };
+    let account = st
+        .hub
+        .store()
+        .account(username.clone())
+        .await
+        .map_err(store_error)?;
+    let phc = account.as_ref().map(|a| a.password_hash.clone());
+    let password = b.password;
+    let ok = tokio::task::spawn_blocking(move || {
+        let phc = phc.unwrap_or_else(|| {
+            DUMMY_HASH
+                .get_or_init(|| auth::hash_password("not a real password").unwrap_or_default())
+                .clone()
+        });
+        auth::verify_password(&password, &phc)
+    })
+    .await
+    .unwrap_or(false);
+    let account = match account {
+        Some(a) if ok => a,
+        _ => {
+            tracing::info!(user = %username, "login refused");
+            return Err(bad());
+        }
+    };
+    let token = st
+        .auth
+        .mint(&account.user_id, Some(&account.display_name), None)
+        .map_err(auth_error)?;
+    ok_json(&Session {
+        token,
+        user: UserView {
+            id: &account.user_id,
+            name: &account.display_name,
+        },
+    })
+}
+
+struct Query {
+    before: Option<Id>,
+    after: Option<Id>,
+    limit: Option<u32>,
+}
+
+impl Query {
+    fn parse(q: Option<&str>) -> Result<Self, WireError> {
+        let mut out = Query {
+            before: None,
+            after: None,
+            limit: None,
+        };
+        let bad = |k: &str| WireError::new(ErrorCode::InvalidPayload, format!("bad query parameter {k}"));
+        for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "before" => out.before = Some(v.parse().map_err(|_| bad(k))?),
+                "after" => out.after = Some(v.parse().map_err(|_| bad(k))?),
+                "limit" => out.limit = Some(v.parse().map_err(|_| bad(k))?),
+                _ => return Err(bad(k)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn room_id(s: &str) -> Result<Id, WireError> {
+    // An unparseable id names no room: the same answer as a room you cannot see.
+    s.parse()
+        .map_err(|_| WireError::new(ErrorCode::NotFound, "room not found"))
+}
+
+fn message_id(s: &str) -> Result<Id, WireError> {
+    s.parse()
+        .map_err(|_| WireError::new(ErrorCode::NotFound, "message not found"))
+}
+
+/// Reads and parses a JSON body of at most `MAX_BODY` bytes.
+async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, WireError> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| WireError::new(ErrorCode::TooLarge, format!("body over {MAX_BODY} bytes")))?
+        .to_bytes();
+    let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+    serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_data() {
+            WireError::new(ErrorCode::InvalidPayload, format!("bad body: {e}"))
+        } else {
+            WireError::new(ErrorCode::InvalidJson, format!("body is not valid JSON: {e}"))
+        }
+    })
+}
+
+fn json_response<T: Serialize>(status: StatusCode, v: &T) -> Resp {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn ok<T: Serialize>(v: &T) -> ApiResult {
+    Ok(json_response(StatusCode::OK, v))
+}
+
+fn ok_json<T: Serialize>(v: &T) -> ApiResult {
+    ok(v)
+}
+
+fn created<T: Serialize>(v: &T) -> ApiResult {
+    Ok(json_response(StatusCode::CREATED, v))
+}
+
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// `{"error":{"code":..,"message":..}}` with the code's HTTP status.
+pub fn error_response(e: &WireError) -> Resp {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        error: &'a WireError,
+    }
+    let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, &Body { error: e })
+}

@@ -1,0 +1,549 @@
+//! WebSocket: the checked upgrade (Origin, token, limits), then one session per connection,
+//! a reader that dispatches requests to the hub and a writer that drains the outbox.
+
+use super::AppState;
+use super::http::{Resp, auth_error, bearer, error_response};
+use super::io::CoalescingWriter;
+use crate::auth::Identity;
+use crate::chat::{ChatError, Connection, NewMessage, Reply};
+use crate::model::now_ms;
+use crate::protocol::{self, ErrorCode, WireError, close};
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+const SUBPROTOCOL: &str = "confab";
+
+pub async fn upgrade(st: AppState, peer: SocketAddr, mut req: Request<Incoming>) -> Resp {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        st.metrics.refused("not_upgrade");
+        return error_response(&WireError::new(
+            ErrorCode::InvalidPayload,
+            "expected a WebSocket upgrade request",
+        ));
+    }
+    if req.headers().get("sec-websocket-version").map(|v| v.as_bytes()) != Some(b"13") {
+        st.metrics.refused("version");
+        let mut r = error_response(&WireError::new(
+            ErrorCode::InvalidPayload,
+            "Sec-WebSocket-Version must be 13",
+        ));
+        *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        r.headers_mut()
+            .insert("sec-websocket-version", HeaderValue::from_static("13"));
+        return r;
+    }
+    if let Err(e) = check_origin(&st, &req) {
+        st.metrics.refused("origin");
+        tracing::info!(%peer, "websocket refused: origin not allowed");
+        return error_response(&e);
+    }
+    let (token, via_protocol) = match find_token(&req) {
+        Some(t) => t,
+        None => {
+            st.metrics.refused("no_token");
+            return error_response(&WireError::new(ErrorCode::Unauthorized, "missing token"));
+        }
+    };
+    let identity = match st.auth.verify(&token) {
+        Ok(i) => i,
+        Err(e) => {
+            st.metrics.refused("bad_token");
+            // Never log the token itself.
+            tracing::info!(%peer, reason = %e, "websocket refused: bad token");
+            return error_response(&auth_error(e));
+        }
+    };
+    let open = st.sockets.fetch_add(1, Ordering::AcqRel);
+    if open >= st.config.server.max_connections || !st.ready.load(Ordering::Acquire) {
+        st.sockets.fetch_sub(1, Ordering::AcqRel);
+        st.metrics.refused("limit");
+        return error_response(&WireError::new(
+            ErrorCode::Unavailable,
+            "server is at its connection limit or shutting down",
+        ));
+    }
+    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(x) => x,
+        Err(e) => {
+            st.sockets.fetch_sub(1, Ordering::AcqRel);
+            return error_response(&WireError::new(ErrorCode::InvalidPayload, e.to_string()));
+        }
+    };
+    tokio::spawn(async move {
+        match fut.await {
+            Ok(ws) => {
+                let io = ws.into_inner();
+                run_session(&st, io, identity, peer).await;
+            }
+            Err(e) => tracing::debug!(error = %e, %peer, "upgrade failed"),
+        }
+        st.sockets.fetch_sub(1, Ordering::AcqRel);
+    });
+    let (parts, _) = resp.into_parts();
+    let mut r = Response::from_parts(parts, Full::new(Bytes::new()));
+    if via_protocol {
+        r.headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
+    }
+    r
+}
+
+/// Same-origin unless `server.allowed_origins` says otherwise. No Origin: not a browser.
+fn check_origin(st: &AppState, req: &Request<Incoming>) -> Result<(), WireError> {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let forbidden = || WireError::new(ErrorCode::Forbidden, "origin not allowed");
+    let origin = origin.to_str().map_err(|_| forbidden())?;
+    let allowed = &st.config.server.allowed_origins;
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        return Ok(());
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .ok_or_else(forbidden)?;
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .ok_or_else(forbidden)?;
+    if origin_host.eq_ignore_ascii_case(host) {
+        Ok(())
+    } else {
+        Err(forbidden())
+    }
+}
+
+/// The token from `?token=`, `Authorization: Bearer`, or `Sec-WebSocket-Protocol: confab, <jwt>`.
+/// The flag says whether the subprotocol carried it (and must be echoed).
+fn find_token(req: &Request<Incoming>) -> Option<(String, bool)> {
+    if let Some(q) = req.uri().query() {
+        for pair in q.split('&') {
+            if let Some(t) = pair.strip_prefix("token=")
+                && !t.is_empty()
+            {
+                return Some((t.to_owned(), false));
+            }
+        }
+    }
+    if let Some(t) = bearer(req.headers()) {
+        return Some((t.to_owned(), false));
+    }
+    let protocols = req.headers().get("sec-websocket-protocol")?.to_str().ok()?;
+    let mut items = protocols.split(',').map(str::trim);
+    if items.clone().any(|p| p == SUBPROTOCOL) {
+        return items
+            .find(|p| *p != SUBPROTOCOL && p.matches('.').count() == 2)
+            .map(|t| (t.to_owned(), true));
+    }
+    None
+}
+
+/// Control frames the reader asks the writer to send.
+enum Control {
+    Pong(Vec<u8>),
+    Close(u16, &'static str),
+}
+
+#[derive(Serialize)]
+struct Hello<'a> {
+    user: HelloUser<'a>,
+    connection_id: String,
+    server_time: u64,
+    heartbeat_ms: u64,
+    limits: HelloLimits,
+}
+
+#[derive(Serialize)]
+struct HelloUser<'a> {
+    id: &'a str,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct HelloLimits {
+    max_message_bytes: usize,
+    max_frame_bytes: usize,
+}
+
+async fn run_session(st: &AppState, io: TokioIo<hyper::upgrade::Upgraded>, me: Identity, peer: SocketAddr) {
+    // Take the TCP stream back from hyper: owned halves need no lock between reader and writer.
+    let parts = match io.into_inner().downcast::<TokioIo<TcpStream>>() {
+        Ok(p) => p,
+        Err(_) => {
+            tracing::error!("upgraded connection is not a TCP stream");
+            return;
+        }
+    };
+    let (read, write) = parts.io.into_inner().into_split();
+    let read = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(parts.read_buf), read);
+    let (mut rx, mut tx) =
+        fastwebsockets::after_handshake_split(read, CoalescingWriter::new(write), Role::Server);
+    rx.set_auto_close(false);
+    rx.set_auto_pong(false);
+    // `payload_len >= max` is refused, so allow exactly max_frame_bytes.
+    rx.set_max_message_size(st.config.limits.max_frame_bytes + 1);
+    tx.set_writev(false);
+
+    let conn = st.hub.connect(&me.user_id, &me.name);
+    st.metrics.connections.inc();
+    st.metrics.connections_total.inc();
+    tracing::debug!(%peer, conn = conn.id, user = %me.user_id, "websocket open");
+    conn.outbox.push(protocol::event(
+        "hello",
+        &Hello {
+            user: HelloUser {
+                id: &me.user_id,
+                name: &me.name,
+            },
+            connection_id: format!("c{}", conn.id),
+            server_time: now_ms(),
+            heartbeat_ms: st.config.server.heartbeat_interval_secs * 1000,
+            limits: HelloLimits {
+                max_message_bytes: st.config.limits.max_message_bytes,
+                max_frame_bytes: st.config.limits.max_frame_bytes,
+            },
+        },
+    ));
+
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let (ctrl_tx, ctrl_rx) = mpsc::channel::<Control>(8);
+    let writer = tokio::spawn(write_loop(
+        tx,
+        conn.outbox.clone(),
+        ctrl_rx,
+        WriterTimers {
+            heartbeat: Duration::from_secs(st.config.server.heartbeat_interval_secs),
+            idle: Duration::from_secs(st.config.server.idle_timeout_secs),
+            expires_in: Duration::from_secs(me.expires_at.saturating_sub(now_ms() / 1000)),
+            started,
+            last_seen: last_seen.clone(),
+        },
+        st.metrics.clone(),
+    ));
+    let reader = read_loop(st, &mut rx, &conn, ctrl_tx, &last_seen, started);
+    tokio::pin!(reader);
+    tokio::pin!(writer);
+    tokio::select! {
+        _ = &mut reader => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+        }
+        _ = &mut writer => {
+            // The writer sent a close (shutdown, slow consumer, expiry, idle): give the peer a
+            // moment to answer it, then drop the socket.
+            let _ = tokio::time::timeout(Duration::from_secs(1), &mut reader).await;
+        }
+    }
+    st.hub.disconnect(&conn);
+    st.metrics.connections.dec();
+    tracing::debug!(%peer, conn = conn.id, "websocket closed");
+}
+
+struct WriterTimers {
+    heartbeat: Duration,
+    idle: Duration,
+    expires_in: Duration,
+    started: Instant,
+    last_seen: Arc<AtomicU64>,
+}
+
+async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
+    mut tx: fastwebsockets::WebSocketWrite<W>,
+    outbox: Arc<crate::chat::Outbox>,
+    mut ctrl: mpsc::Receiver<Control>,
+    t: WriterTimers,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + t.heartbeat, t.heartbeat);
+    let expiry = tokio::time::sleep(t.expires_in);
+    tokio::pin!(expiry);
+    let mut close: Option<(u16, &'static str)> = None;
+    let mut pong: Option<Vec<u8>> = None;
+    let mut send_ping = false;
+    loop {
+        let req = outbox.drain_into(&mut batch);
+        if let Some(c) = req {
+            close = Some((c.code, c.reason));
+            if c.code == close::SLOW_CONSUMER {
+                batch.clear();
+            }
+        }
+        let mut wrote = false;
+        if let Some(p) = pong.take() {
+            if tx.write_frame(Frame::pong(Payload::Owned(p))).await.is_err() {
+                return;
+            }
+            wrote = true;
+        }
+        if send_ping {
+            send_ping = false;
+            if tx.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await.is_err() {
+                return;
+            }
+            wrote = true;
+        }
+        let frames = batch.len() as u64;
+        for b in batch.drain(..) {
+            if tx.write_frame(Frame::text(Payload::Borrowed(&b))).await.is_err() {
+                return;
+            }
+            wrote = true;
+        }
+        metrics.frames_out.inc_by(frames);
+        if let Some((code, reason)) = close {
+            let _ = tx.write_frame(Frame::close(code, reason.as_bytes())).await;
+            let _ = tx.flush().await;
+            return;
+        }
+        if wrote && tx.flush().await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = outbox.ready() => {}
+            c = ctrl.recv() => match c {
+                Some(Control::Pong(p)) => pong = Some(p),
+                Some(Control::Close(code, reason)) => close = Some((code, reason)),
+                None => return,
+            },
+            _ = ping.tick() => {
+                let seen = Duration::from_millis(t.last_seen.load(Ordering::Relaxed));
+                if t.started.elapsed().saturating_sub(seen) > t.idle {
+                    close = Some((close::IDLE_TIMEOUT, "no frames within the idle timeout"));
+                } else {
+                    send_ping = true;
+                }
+            }
+            _ = &mut expiry => close = Some((close::TOKEN_EXPIRED, "token expired")),
+        }
+    }
+}
+
+async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
+    st: &AppState,
+    rx: &mut fastwebsockets::WebSocketRead<R>,
+    conn: &Connection,
+    ctrl: mpsc::Sender<Control>,
+    last_seen: &AtomicU64,
+    started: Instant,
+) {
+    let max = st.config.limits.max_frame_bytes;
+    let mut partial: Option<Vec<u8>> = None;
+    let mut no_obligations = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
+    loop {
+        let frame = match rx.read_frame(&mut no_obligations).await {
+            Ok(f) => f,
+            Err(e) => {
+                let (code, reason) = match e {
+                    WebSocketError::FrameTooLarge => (close::TOO_BIG, "frame too large"),
+                    WebSocketError::InvalidUTF8 => (close::INVALID_DATA, "invalid UTF-8"),
+                    WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => return,
+                    _ => (close::PROTOCOL_ERROR, "protocol error"),
+                };
+                tracing::info!(conn = conn.id, error = %e, "closing websocket");
+                let _ = ctrl.send(Control::Close(code, reason)).await;
+                return;
+            }
+        };
+        last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let mut head = [0u8; 16];
+        let mut f = frame;
+        f.fmt_head(&mut head);
+        if head[1] & 0x80 == 0 {
+            // RFC 6455 §5.1: a server must close on an unmasked client frame.
+            let _ = ctrl.send(Control::Close(close::PROTOCOL_ERROR, "client frames must be masked")).await;
+            return;
+        }
+        match f.opcode {
+            OpCode::Text if f.fin => {
+                if partial.is_some() {
+                    let _ = ctrl.send(Control::Close(close::PROTOCOL_ERROR, "expected a continuation frame")).await;
+                    return;
+                }
+                handle_text(st, conn, &f.payload).await;
+            }
+            OpCode::Text => {
+                if partial.is_some() {
+                    let _ = ctrl.send(Control::Close(close::PROTOCOL_ERROR, "expected a continuation frame")).await;
+                    return;
+                }
+                partial = Some(f.payload.to_vec());
+            }
+            OpCode::Continuation => {
+                let Some(buf) = partial.as_mut() else {
+                    let _ = ctrl.send(Control::Close(close::PROTOCOL_ERROR, "unexpected continuation frame")).await;
+                    return;
+                };
+                if buf.len() + f.payload.len() > max {
+                    let _ = ctrl.send(Control::Close(close::TOO_BIG, "message too large")).await;
+                    return;
+                }
+                buf.extend_from_slice(&f.payload);
+                if f.fin {
+                    let whole = partial.take().unwrap_or_default();
+                    if std::str::from_utf8(&whole).is_err() {
+                        let _ = ctrl.send(Control::Close(close::INVALID_DATA, "invalid UTF-8")).await;
+                        return;
+                    }
+                    handle_text(st, conn, &whole).await;
+                }
+            }
+            OpCode::Binary => {
+                let e = WireError::new(ErrorCode::InvalidPayload, "binary frames are not supported; send JSON text frames");
+                st.metrics.error(e.code);
+                conn.outbox.push(protocol::error(None, &e));
+            }
+            OpCode::Close => {
+                // Answer once (fastwebsockets' auto-close would answer twice).
+                let _ = ctrl.send(Control::Close(close::NORMAL, "")).await;
+                return;
+            }
+            OpCode::Ping => {
+                let _ = ctrl.try_send(Control::Pong(f.payload.to_vec()));
+            }
+            OpCode::Pong => {}
+        }
+    }
+}
+
+/// Parses one request and answers it on the connection's outbox.
+async fn handle_text(st: &AppState, conn: &Connection, text: &[u8]) {
+    let frame = match protocol::parse_client_frame(text) {
+        Ok(f) => f,
+        Err(e) => {
+            st.metrics.error(e.code);
+            tracing::debug!(conn = conn.id, code = e.code.as_str(), "bad frame");
+            conn.outbox.push(protocol::error(None, &e));
+            return;
+        }
+    };
+    let reference = frame.reference.as_deref();
+    let answer = dispatch(st, conn, &frame.event, reference, frame.data).await;
+    match answer {
+        Ok(Some(bytes)) => {
+            conn.outbox.push(bytes);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            st.metrics.error(e.code);
+            tracing::debug!(conn = conn.id, event = %frame.event, code = e.code.as_str(), "request refused");
+            conn.outbox.push(protocol::error(reference, &e));
+        }
+    }
+}
+
+/// Runs one request. `Ok(None)`: the answer will be queued later (sends, after commit).
+async fn dispatch(
+    st: &AppState,
+    conn: &Connection,
+    event: &str,
+    reference: Option<&str>,
+    data: Option<&serde_json::value::RawValue>,
+) -> Result<Option<Bytes>, WireError> {
+    let hub = &st.hub;
+    let user = &conn.user;
+    let chat = |e: ChatError| hub.wire_error(&e);
+    let ack = |v: serde_json::Value| Ok(Some(protocol::ack(reference, &v)));
+    match event {
+        "send_message" => {
+            let d: protocol::SendMessage = protocol::parse_data(data)?;
+            hub.send_message(
+                user,
+                NewMessage {
+                    room_id: d.room_id,
+                    client_msg_id: d.client_msg_id,
+                    kind: d.kind,
+                    content: d.content,
+                },
+                Reply::Socket {
+                    outbox: conn.outbox.clone(),
+                    reference: reference.map(str::to_owned),
+                },
+            )
+            .map_err(chat)?;
+            Ok(None)
+        }
+        "edit_message" => {
+            let d: protocol::EditMessage = protocol::parse_data(data)?;
+            let m = hub.edit_message(user, d.room_id, d.message_id, d.content).await.map_err(chat)?;
+            ack(serde_json::json!({ "message": m }))
+        }
+        "delete_message" => {
+            let d: protocol::MessageRef = protocol::parse_data(data)?;
+            let m = hub.delete_message(user, d.room_id, d.message_id).await.map_err(chat)?;
+            ack(serde_json::json!({ "message": m }))
+        }
+        "history" => {
+            let d: protocol::History = protocol::parse_data(data)?;
+            let page = hub.history(user, d.room_id, d.before, d.after, d.limit).await.map_err(chat)?;
+            Ok(Some(protocol::ack(reference, &page)))
+        }
+        "create_room" => {
+            let d: protocol::CreateRoom = protocol::parse_data(data)?;
+            let room = hub.create_room(user, &d.name, &d.topic, d.visibility).await.map_err(chat)?;
+            ack(serde_json::json!({ "room": room }))
+        }
+        "list_rooms" => {
+            let _: protocol::Empty = protocol::parse_data(data)?;
+            ack(serde_json::json!({ "rooms": hub.my_rooms(user) }))
+        }
+        "list_public_rooms" => {
+            let _: protocol::Empty = protocol::parse_data(data)?;
+            ack(serde_json::json!({ "rooms": hub.public_rooms() }))
+        }
+        "join_room" => {
+            let d: protocol::RoomRef = protocol::parse_data(data)?;
+            let room = hub.join_room(user, d.room_id).await.map_err(chat)?;
+            ack(serde_json::json!({ "room": room }))
+        }
+        "invite" => {
+            let d: protocol::Invite = protocol::parse_data(data)?;
+            hub.invite(user, d.room_id, &d.user_id).await.map_err(chat)?;
+            ack(serde_json::json!({}))
+        }
+        "leave_room" => {
+            let d: protocol::RoomRef = protocol::parse_data(data)?;
+            hub.leave_room(user, d.room_id).await.map_err(chat)?;
+            ack(serde_json::json!({}))
+        }
+        "list_members" => {
+            let d: protocol::RoomRef = protocol::parse_data(data)?;
+            let members = hub.members(user, d.room_id).map_err(chat)?;
+            ack(serde_json::json!({ "members": members }))
+        }
+        "open_dm" => {
+            let d: protocol::UserRef = protocol::parse_data(data)?;
+            let room = hub.open_dm(user, &d.user_id).await.map_err(chat)?;
+            ack(serde_json::json!({ "room": room }))
+        }
+        "ping" => {
+            let _: protocol::Empty = protocol::parse_data(data)?;
+            ack(serde_json::json!({ "server_time": now_ms() }))
+        }
+        other => Err(WireError::new(
+            ErrorCode::UnknownEvent,
+            format!("unknown event {:?}", truncate(other, 64)),
+        )),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

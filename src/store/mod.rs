@@ -1,0 +1,312 @@
+//! Durable storage on redb: tables, schema version, reads, and the group-commit writer.
+//!
+//! Every write goes through one writer thread that drains its queue into a single fsynced
+//! transaction, then runs each write's completion in submission order. Reads run on tokio's
+//! blocking pool. Nothing outside this module knows redb.
+
+mod tables;
+pub use tables::SCHEMA_VERSION;
+mod writer;
+
+pub use writer::{WriteOp, WriteOutput};
+
+use crate::metrics::Metrics;
+use crate::model::{Account, Id, Member, Message, Room, User, UserId};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tables::*;
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("not allowed")]
+    Forbidden,
+    #[error("already exists")]
+    Conflict,
+    #[error("storage is overloaded")]
+    Overloaded,
+    #[error("storage is closed")]
+    Closed,
+    #[error("database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("corrupt record in {table}: {message}")]
+    Corrupt { table: &'static str, message: String },
+    #[error("database schema version {found} is newer than this binary's {supported}")]
+    SchemaTooNew { found: u64, supported: u64 },
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// A completion run on the writer thread, in submission order, once the batch holding the
+/// write is durable (or failed). It must not block.
+pub type Completion = Box<dyn FnOnce(Result<WriteOutput, StoreError>) + Send>;
+
+/// Handle to the database and its writer. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    path: PathBuf,
+    node_id: u16,
+    queue: std::sync::mpsc::SyncSender<writer::Job>,
+    closed: AtomicBool,
+    writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Most writes waiting for the writer; past this, writes fail fast with `Overloaded`.
+const QUEUE_CAPACITY: usize = 65_536;
+
+/// What `Store::open` found on disk: every room with its members, and every known user.
+pub struct Snapshot {
+    pub rooms: Vec<(Room, Vec<Member>)>,
+    pub users: Vec<User>,
+}
+
+impl Store {
+    /// Opens (or creates) `<data_dir>/confab.redb`, checks the schema version, settles the node
+    /// id (configured, stored, or picked at random once) and starts the writer.
+    pub fn open(
+        data_dir: &Path,
+        configured_node: Option<u16>,
+        max_batch: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join("confab.redb");
+        let db = Database::builder().create(&path)?;
+        let (node_id, last_id) = tables::init(&db, configured_node)?;
+        let db = Arc::new(db);
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+        let handle = writer::spawn(
+            db.clone(),
+            rx,
+            crate::model::IdGenerator::new(node_id, last_id),
+            max_batch,
+            metrics.clone(),
+        )?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                path,
+                node_id,
+                queue: tx,
+                closed: AtomicBool::new(false),
+                writer: parking_lot::Mutex::new(Some(handle)),
+                metrics,
+            }),
+        })
+    }
+
+    /// This node's id, part of every id it makes.
+    pub fn node_id(&self) -> u16 {
+        self.inner.node_id
+    }
+
+    /// The database file, for disk-use metrics.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Queues a write; `done` runs on the writer thread once the write is durable or failed.
+    /// Fails at once (without calling `done`) when the queue is full or the store is closed.
+    pub fn submit(&self, op: WriteOp, done: Completion) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        self.inner.metrics.write_queue_depth.inc();
+        match self.inner.queue.try_send(writer::Job::Write(op, done)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.inner.metrics.write_queue_depth.dec();
+                Err(match e {
+                    std::sync::mpsc::TrySendError::Full(_) => StoreError::Overloaded,
+                    std::sync::mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
+                })
+            }
+        }
+    }
+
+    /// Queues a write and waits for its outcome.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteOutput, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(
+            op,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Stops taking writes, lets the writer commit everything already queued, and waits for it.
+    pub fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.inner.queue.send(writer::Job::Stop);
+        if let Some(h) = self.inner.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+    }
+
+    /// Loads what the chat hub keeps in memory: rooms, their members, and users.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let rooms_t = txn.open_table(ROOMS)?;
+        let members_t = txn.open_table(MEMBERS)?;
+        let mut rooms = Vec::new();
+        for row in rooms_t.iter()? {
+            let (k, v) = row?;
+            let room: Room = decode("rooms", v.value())?;
+            let id = k.value();
+            let mut members = Vec::new();
+            for m in members_t.range((id, "")..(id.saturating_add(1), ""))? {
+                let (_, v) = m?;
+                members.push(decode::<Member>("members", v.value())?);
+            }
+            rooms.push((room, members));
+        }
+        let users_t = txn.open_table(USERS)?;
+        let mut users = Vec::new();
+        for row in users_t.iter()? {
+            let (_, v) = row?;
+            users.push(decode::<User>("users", v.value())?);
+        }
+        Ok(Snapshot { rooms, users })
+    }
+
+    /// A page of a room's messages, newest first, with whether more lie in that direction.
+    /// `before`: ids below it; `after`: the oldest `limit` ids above it; neither: the newest.
+    pub async fn history(
+        &self,
+        room: Id,
+        before: Option<Id>,
+        after: Option<Id>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool), StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(MESSAGES)?;
+            let mut out = Vec::with_capacity(limit + 1);
+            match after {
+                Some(after) => {
+                    for row in t.range((room.0, after.0.saturating_add(1))..=(room.0, u64::MAX))? {
+                        let (_, v) = row?;
+                        out.push(decode::<Message>("messages", v.value())?);
+                        if out.len() > limit {
+                            break;
+                        }
+                    }
+                    let more = out.len() > limit;
+                    out.truncate(limit);
+                    out.reverse();
+                    Ok((out, more))
+                }
+                None => {
+                    let upper = before.map_or(u64::MAX, |b| b.0);
+                    let range = if before.is_some() {
+                        t.range((room.0, 0)..(room.0, upper))?
+                    } else {
+                        t.range((room.0, 0)..=(room.0, upper))?
+                    };
+                    for row in range.rev() {
+                        let (_, v) = row?;
+                        out.push(decode::<Message>("messages", v.value())?);
+                        if out.len() > limit {
+                            break;
+                        }
+                    }
+                    let more = out.len() > limit;
+                    out.truncate(limit);
+                    Ok((out, more))
+                }
+            }
+        })
+        .await
+    }
+
+    /// One message, if it exists in that room.
+    pub async fn message(&self, room: Id, id: Id) -> Result<Option<Message>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(MESSAGES)?;
+            match t.get((room.0, id.0))? {
+                Some(v) => Ok(Some(decode("messages", v.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// A built-in account by (lowercased) username.
+    pub async fn account(&self, username: String) -> Result<Option<Account>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(ACCOUNTS)?;
+            match t.get(username.as_str())? {
+                Some(v) => Ok(Some(decode("accounts", v.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Whether a user id is known (has connected, registered or been a member).
+    pub async fn user_exists(&self, user: UserId) -> Result<bool, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(USERS)?;
+            Ok(t.get(&*user)?.is_some())
+        })
+        .await
+    }
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        message: e.to_string(),
+    })
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Our records have only string keys: serializing them cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}

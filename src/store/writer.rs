@@ -1,0 +1,426 @@
+//! The group-commit writer: one thread, one redb transaction per drained batch of writes.
+
+use super::tables::*;
+use super::{Completion, StoreError, decode, encode};
+use crate::metrics::Metrics;
+use crate::model::{
+    Account, Id, IdGenerator, Member, Message, MessageStatus, MessageType, Role, Room, RoomKind,
+    User, UserId, Visibility, now_ms,
+};
+use redb::{Database, ReadableTable, Table, WriteTransaction};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+/// A change to durable state. Ids and timestamps are assigned by the writer, so that id order
+/// is commit order.
+#[derive(Debug)]
+pub enum WriteOp {
+    /// Stores a message unless (sender, client_msg_id) was seen, in which case the original is
+    /// returned as a duplicate.
+    AppendMessage {
+        room: Id,
+        sender: UserId,
+        client_msg_id: String,
+        kind: MessageType,
+        content: String,
+    },
+    /// Replaces a live message's content. `moderator` lets someone other than the sender do it.
+    EditMessage {
+        room: Id,
+        id: Id,
+        by: UserId,
+        moderator: bool,
+        content: String,
+    },
+    /// Empties a live message and stamps `deleted_at`.
+    DeleteMessage {
+        room: Id,
+        id: Id,
+        by: UserId,
+        moderator: bool,
+    },
+    CreateRoom {
+        name: String,
+        topic: String,
+        visibility: Visibility,
+        owner: UserId,
+    },
+    AddMember {
+        room: Id,
+        user: UserId,
+        role: Role,
+    },
+    RemoveMember {
+        room: Id,
+        user: UserId,
+    },
+    /// Finds or creates the DM room of two users and makes sure both are members.
+    OpenDm {
+        a: UserId,
+        b: UserId,
+    },
+    CreateAccount {
+        username: String,
+        account: Account,
+    },
+    SaveUser(User),
+}
+
+/// What a write did.
+#[derive(Debug)]
+pub enum WriteOutput {
+    Appended { message: Message, duplicate: bool },
+    MessageChanged(Message),
+    RoomCreated { room: Room, owner: Member },
+    /// `added` is false when the user was already a member.
+    MemberAdded { member: Member, added: bool },
+    /// `removed` is false when the user was not a member.
+    MemberRemoved { removed: bool },
+    Dm {
+        room: Room,
+        /// Members that were (re)added by this call.
+        added: Vec<Member>,
+    },
+    AccountCreated,
+    UserSaved,
+}
+
+pub(super) enum Job {
+    Write(WriteOp, Completion),
+    Stop,
+}
+
+pub(super) fn spawn(
+    db: Arc<Database>,
+    rx: Receiver<Job>,
+    ids: IdGenerator,
+    max_batch: usize,
+    metrics: Arc<Metrics>,
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
+    let handle = std::thread::Builder::new()
+        .name("confab-store-writer".into())
+        .spawn(move || run(&db, &rx, ids, max_batch, &metrics))?;
+    Ok(handle)
+}
+
+fn run(db: &Database, rx: &Receiver<Job>, mut ids: IdGenerator, max_batch: usize, metrics: &Metrics) {
+    let mut batch: Vec<(WriteOp, Completion)> = Vec::with_capacity(max_batch);
+    let mut stopping = false;
+    while !stopping {
+        match rx.recv() {
+            Ok(Job::Write(op, done)) => batch.push((op, done)),
+            Ok(Job::Stop) | Err(_) => break,
+        }
+        // Everything that queued up while the last commit ran joins this one.
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(Job::Write(op, done)) => batch.push((op, done)),
+                Ok(Job::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        metrics.write_queue_depth.dec_by(batch.len() as i64);
+        let started = Instant::now();
+        let n = batch.len();
+        let (ops, dones): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+        let results = commit_batch(db, &mut ids, ops);
+        metrics.commit_batch_size.observe(n as f64);
+        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        for (done, result) in dones.into_iter().zip(results) {
+            done(result);
+        }
+    }
+    // Drain what raced with the stop: refuse it rather than leave callers waiting.
+    while let Ok(job) = rx.try_recv() {
+        if let Job::Write(_, done) = job {
+            metrics.write_queue_depth.dec();
+            done(Err(StoreError::Closed));
+        }
+    }
+}
+
+/// Applies every op in one transaction. A storage failure fails the whole batch (nothing of
+/// it is durable); a logical refusal (not found, forbidden, conflict) fails only its op, which
+/// checks before it writes, so it leaves nothing behind.
+fn commit_batch(
+    db: &Database,
+    ids: &mut IdGenerator,
+    ops: Vec<WriteOp>,
+) -> Vec<Result<WriteOutput, StoreError>> {
+    let n = ops.len();
+    let fail_all = |e: StoreError| -> Vec<Result<WriteOutput, StoreError>> {
+        tracing::error!(error = %e, writes = n, "storage commit failed");
+        let msg = e.to_string();
+        (0..n)
+            .map(|_| {
+                Err(StoreError::Io(std::io::Error::other(msg.clone())))
+            })
+            .collect()
+    };
+    let mut txn = match db.begin_write() {
+        Ok(t) => t,
+        Err(e) => return fail_all(e.into()),
+    };
+    txn.set_quick_repair(true);
+    let results = match apply_all(&txn, ids, ops) {
+        Ok(r) => r,
+        Err(e) => {
+            // Ids handed out to the aborted writes are skipped: gaps are harmless.
+            let _ = txn.abort();
+            return fail_all(e);
+        }
+    };
+    if let Err(e) = txn.commit() {
+        return fail_all(e.into());
+    }
+    results
+}
+
+struct Tables<'t> {
+    meta: Table<'t, &'static str, u64>,
+    messages: Table<'t, (u64, u64), &'static [u8]>,
+    dedup: Table<'t, (&'static str, &'static str), (u64, u64)>,
+    rooms: Table<'t, u64, &'static [u8]>,
+    members: Table<'t, (u64, &'static str), &'static [u8]>,
+    dms: Table<'t, (&'static str, &'static str), u64>,
+    accounts: Table<'t, &'static str, &'static [u8]>,
+    users: Table<'t, &'static str, &'static [u8]>,
+}
+
+fn apply_all(
+    txn: &WriteTransaction,
+    ids: &mut IdGenerator,
+    ops: Vec<WriteOp>,
+) -> Result<Vec<Result<WriteOutput, StoreError>>, StoreError> {
+    let mut t = Tables {
+        meta: txn.open_table(META)?,
+        messages: txn.open_table(MESSAGES)?,
+        dedup: txn.open_table(DEDUP)?,
+        rooms: txn.open_table(ROOMS)?,
+        members: txn.open_table(MEMBERS)?,
+        dms: txn.open_table(DMS)?,
+        accounts: txn.open_table(ACCOUNTS)?,
+        users: txn.open_table(USERS)?,
+    };
+    let last_before = ids.last();
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        match apply(&mut t, ids, op) {
+            Ok(out) => results.push(Ok(out)),
+            Err(e @ (StoreError::NotFound | StoreError::Forbidden | StoreError::Conflict)) => {
+                results.push(Err(e))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if ids.last() != last_before {
+        t.meta.insert(META_LAST_ID, ids.last().0)?;
+    }
+    Ok(results)
+}
+
+fn live_message(t: &Tables<'_>, room: Id, id: Id) -> Result<Message, StoreError> {
+    let msg: Message = match t.messages.get((room.0, id.0))? {
+        Some(v) => decode("messages", v.value())?,
+        None => return Err(StoreError::NotFound),
+    };
+    if msg.deleted_at.is_some() {
+        return Err(StoreError::NotFound);
+    }
+    Ok(msg)
+}
+
+fn new_member(user: UserId, role: Role) -> Member {
+    Member {
+        user_id: user,
+        role,
+        joined_at: now_ms(),
+    }
+}
+
+fn apply(t: &mut Tables<'_>, ids: &mut IdGenerator, op: WriteOp) -> Result<WriteOutput, StoreError> {
+    match op {
+        WriteOp::AppendMessage {
+            room,
+            sender,
+            client_msg_id,
+            kind,
+            content,
+        } => {
+            if let Some(v) = t.dedup.get((&*sender, client_msg_id.as_str()))? {
+                let (r, id) = v.value();
+                let original: Message = match t.messages.get((r, id))? {
+                    Some(m) => decode("messages", m.value())?,
+                    None => return Err(StoreError::NotFound),
+                };
+                return Ok(WriteOutput::Appended {
+                    message: original,
+                    duplicate: true,
+                });
+            }
+            let now = now_ms();
+            let id = ids.next(now);
+            let message = Message {
+                id,
+                room_id: room,
+                sender_id: sender,
+                client_msg_id,
+                kind,
+                content,
+                status: MessageStatus::Sent,
+                created_at: id.timestamp_ms(),
+                edited_at: None,
+                deleted_at: None,
+            };
+            t.messages
+                .insert((room.0, id.0), encode(&message).as_slice())?;
+            t.dedup.insert(
+                (&*message.sender_id, message.client_msg_id.as_str()),
+                (room.0, id.0),
+            )?;
+            Ok(WriteOutput::Appended {
+                message,
+                duplicate: false,
+            })
+        }
+        WriteOp::EditMessage {
+            room,
+            id,
+            by,
+            moderator,
+            content,
+        } => {
+            let mut msg = live_message(t, room, id)?;
+            if msg.sender_id != by && !moderator {
+                return Err(StoreError::Forbidden);
+            }
+            msg.content = content;
+            msg.edited_at = Some(now_ms());
+            t.messages.insert((room.0, id.0), encode(&msg).as_slice())?;
+            Ok(WriteOutput::MessageChanged(msg))
+        }
+        WriteOp::DeleteMessage {
+            room,
+            id,
+            by,
+            moderator,
+        } => {
+            let mut msg = live_message(t, room, id)?;
+            if msg.sender_id != by && !moderator {
+                return Err(StoreError::Forbidden);
+            }
+            msg.content = String::new();
+            msg.deleted_at = Some(now_ms());
+            t.messages.insert((room.0, id.0), encode(&msg).as_slice())?;
+            Ok(WriteOutput::MessageChanged(msg))
+        }
+        WriteOp::CreateRoom {
+            name,
+            topic,
+            visibility,
+            owner,
+        } => {
+            let now = now_ms();
+            let id = ids.next(now);
+            let room = Room {
+                id,
+                name,
+                topic,
+                visibility,
+                kind: RoomKind::Group,
+                created_by: owner.clone(),
+                created_at: id.timestamp_ms(),
+            };
+            let member = new_member(owner, Role::Owner);
+            t.rooms.insert(id.0, encode(&room).as_slice())?;
+            t.members
+                .insert((id.0, &*member.user_id), encode(&member).as_slice())?;
+            Ok(WriteOutput::RoomCreated {
+                room,
+                owner: member,
+            })
+        }
+        WriteOp::AddMember { room, user, role } => {
+            if t.rooms.get(room.0)?.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            if let Some(v) = t.members.get((room.0, &*user))? {
+                return Ok(WriteOutput::MemberAdded {
+                    member: decode("members", v.value())?,
+                    added: false,
+                });
+            }
+            let member = new_member(user, role);
+            t.members
+                .insert((room.0, &*member.user_id), encode(&member).as_slice())?;
+            Ok(WriteOutput::MemberAdded {
+                member,
+                added: true,
+            })
+        }
+        WriteOp::RemoveMember { room, user } => {
+            let removed = t.members.remove((room.0, &*user))?.is_some();
+            Ok(WriteOutput::MemberRemoved { removed })
+        }
+        WriteOp::OpenDm { a, b } => {
+            let (lo, hi) = if a <= b {
+                (a.clone(), b)
+            } else {
+                (b, a.clone())
+            };
+            let existing = t.dms.get((&*lo, &*hi))?.map(|v| v.value());
+            let room: Room = match existing {
+                Some(id) => match t.rooms.get(id)? {
+                    Some(v) => decode("rooms", v.value())?,
+                    None => return Err(StoreError::NotFound),
+                },
+                None => {
+                    let id = ids.next(now_ms());
+                    let room = Room {
+                        id,
+                        name: String::new(),
+                        topic: String::new(),
+                        visibility: Visibility::Private,
+                        kind: RoomKind::Dm,
+                        created_by: a.clone(),
+                        created_at: id.timestamp_ms(),
+                    };
+                    t.rooms.insert(id.0, encode(&room).as_slice())?;
+                    t.dms.insert((&*lo, &*hi), id.0)?;
+                    room
+                }
+            };
+            let mut added = Vec::new();
+            for user in [lo, hi] {
+                if t.members.get((room.id.0, &*user))?.is_none() {
+                    let m = new_member(user, Role::Member);
+                    t.members
+                        .insert((room.id.0, &*m.user_id), encode(&m).as_slice())?;
+                    added.push(m);
+                }
+            }
+            Ok(WriteOutput::Dm { room, added })
+        }
+        WriteOp::CreateAccount { username, account } => {
+            if t.accounts.get(username.as_str())?.is_some() || t.users.get(username.as_str())?.is_some() {
+                return Err(StoreError::Conflict);
+            }
+            t.accounts
+                .insert(username.as_str(), encode(&account).as_slice())?;
+            let user = User {
+                id: account.user_id.clone(),
+                name: account.display_name.clone(),
+            };
+            t.users.insert(&*user.id, encode(&user).as_slice())?;
+            Ok(WriteOutput::AccountCreated)
+        }
+        WriteOp::SaveUser(user) => {
+            t.users.insert(&*user.id, encode(&user).as_slice())?;
+            Ok(WriteOutput::UserSaved)
+        }
+    }
+}

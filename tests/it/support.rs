@@ -1,0 +1,882 @@
+//! Shared helpers: start the real `confab` binary, mint and forge tokens, and speak REST and WebSocket to it.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::Method;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
+use tokio_tungstenite::tungstenite::{self, Message, http};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The server binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_confab");
+/// Longest wait for any single reply, event or HTTP answer.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the server to report its port.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// 2025-01-01T00:00:00Z in Unix milliseconds: the epoch of message ids.
+pub const ID_EPOCH_MS: u64 = 1_735_689_600_000;
+
+static UNIQUE: AtomicU64 = AtomicU64::new(1);
+
+/// A process-wide unique suffix for client_msg_ids and refs.
+pub fn unique() -> u64 {
+    UNIQUE.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
+}
+
+/// Parses a decimal-string id (message or room) into its integer value.
+pub fn id_of(v: &Value) -> u64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("id is not a string: {v}"));
+    s.parse().unwrap_or_else(|e| panic!("id {s:?} is not a decimal u64: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server process
+// ---------------------------------------------------------------------------------------------
+
+/// How to start a server: an optional config file and extra environment variables.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub config_toml: Option<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Options {
+    pub fn config(toml: &str) -> Options {
+        Options { config_toml: Some(toml.to_string()), env: Vec::new() }
+    }
+
+    pub fn env(pairs: &[(&str, &str)]) -> Options {
+        Options {
+            config_toml: None,
+            env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+}
+
+/// A running `confab serve` on 127.0.0.1 with its own temporary data dir; killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    config_path: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    output: Arc<Mutex<Vec<String>>>,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server with the built-in defaults.
+    pub fn start() -> Server {
+        Server::start_with(Options::default())
+    }
+
+    /// Starts a server with a config file and/or environment variables.
+    pub fn start_with(opts: Options) -> Server {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let data_dir = dir.path().join("data");
+        let config_path = opts.config_toml.as_ref().map(|toml| {
+            let p = dir.path().join("confab.toml");
+            std::fs::write(&p, toml).expect("write config file");
+            p
+        });
+        let mut server = Server {
+            child: None,
+            port: 0,
+            data_dir,
+            config_path,
+            env: opts.env,
+            output: Arc::new(Mutex::new(Vec::new())),
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "server already running");
+        let mut cmd = self.command();
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&self.data_dir);
+        if let Some(p) = &self.config_path {
+            cmd.arg("--config").arg(p);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn `confab serve`");
+        let (tx, rx) = mpsc::channel::<u16>();
+        let pipes: Vec<Box<dyn Read + Send>> = vec![
+            Box::new(child.stdout.take().expect("stdout piped")),
+            Box::new(child.stderr.take().expect("stderr piped")),
+        ];
+        for pipe in pipes {
+            let tx = tx.clone();
+            let output = Arc::clone(&self.output);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(port) = parse_listening_port(&line) {
+                        let _ = tx.send(port);
+                    }
+                    output.lock().expect("output lock").push(line);
+                }
+            });
+        }
+        drop(tx);
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(port) => {
+                self.port = port;
+                self.child = Some(child);
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "confab serve did not print `listening on http://127.0.0.1:PORT` ({e}); \
+                     status {status:?}; output:\n{}",
+                    self.output()
+                );
+            }
+        }
+    }
+
+    /// Everything the server printed so far (stdout and stderr), for failure messages.
+    pub fn output(&self) -> String {
+        self.output.lock().expect("output lock").join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    /// kill -9: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("server running");
+        child.kill().expect("SIGKILL the server");
+        child.wait().expect("reap the server");
+    }
+
+    /// Sends SIGTERM (a clean shutdown request). `libc::kill` would need `unsafe`, which the
+    /// crate forbids, so this goes through kill(1).
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Waits for the server process to exit on its own.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(within) {
+            Ok(status) => status.expect("wait for the server"),
+            Err(_) => {
+                let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+                panic!("server did not exit within {within:?}; output:\n{}", self.output());
+            }
+        }
+    }
+
+    /// Starts the server again on the same data dir and config (after kill9 or a clean exit).
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `confab <args>` with this server's environment; returns the raw output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command();
+        cmd.args(args);
+        run_bounded(cmd)
+    }
+
+    /// Mints a token with `confab token --data-dir <dir> --user <user> [--name <name>]`.
+    pub fn token(&self, user: &str, name: Option<&str>) -> String {
+        let data_dir = self.data_dir.to_str().expect("utf-8 temp path").to_string();
+        let mut args = vec!["token", "--data-dir", data_dir.as_str(), "--user", user];
+        if let Some(name) = name {
+            args.push("--name");
+            args.push(name);
+        }
+        let out = self.cli(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            out.status.success(),
+            "confab token failed ({}): {}{}",
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.split('.').count(), 3, "confab token should print only a JWT: {stdout:?}");
+        stdout
+    }
+
+    /// The HS256 key the server generated: the raw bytes of `<data_dir>/jwt-secret`.
+    pub fn jwt_secret(&self) -> Vec<u8> {
+        std::fs::read(self.data_dir.join("jwt-secret")).expect("read <data_dir>/jwt-secret")
+    }
+
+    /// Mints a token for `user` (display name: the user id capitalised) and connects with it.
+    pub async fn connect(&self, user: &str) -> Client {
+        let token = self.token(user, Some(&capitalise(user)));
+        Client::connect(self, &token).await
+    }
+
+    // -- REST ---------------------------------------------------------------------------------
+
+    pub async fn http(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> HttpReply {
+        let body = body.map(|b| b.to_string());
+        self.http_raw(method, path, token, &[], body).await
+    }
+
+    /// One HTTP/1.1 request with an optional raw body and extra headers.
+    pub async fn http_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> HttpReply {
+        let client: HttpClient<_, Full<Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
+        let mut req = hyper::Request::builder()
+            .method(method.clone())
+            .uri(format!("http://127.0.0.1:{}{path}", self.port));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                Full::new(Bytes::from(b))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let req = req.body(body).expect("build HTTP request");
+        let resp = tokio::time::timeout(TIMEOUT, client.request(req))
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: no answer within {TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: body not complete within {TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("{method} {path}: reading body: {e}"))
+            .to_bytes();
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        let json = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::Null)
+        };
+        HttpReply { status, content_type, text, json }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> HttpReply {
+        self.http(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> HttpReply {
+        self.http(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: &Value) -> HttpReply {
+        self.http(Method::PATCH, path, token, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> HttpReply {
+        self.http(Method::DELETE, path, token, None).await
+    }
+
+    /// Walks a room's whole history over REST from the newest page to the oldest.
+    pub async fn full_history(&self, room_id: &str, token: &str) -> Vec<Value> {
+        let mut all: Vec<Value> = Vec::new();
+        let mut before: Option<String> = None;
+        for _ in 0..10_000 {
+            let path = match &before {
+                Some(b) => format!("/api/rooms/{room_id}/messages?limit=200&before={b}"),
+                None => format!("/api/rooms/{room_id}/messages?limit=200"),
+            };
+            let r = self.get(&path, Some(token)).await;
+            assert_eq!(r.status, 200, "GET {path}: {}", r.text);
+            let page = r.json["messages"].as_array().expect("messages array").clone();
+            let has_more = r.json["has_more"].as_bool().expect("has_more bool");
+            if let Some(last) = page.last() {
+                before = Some(last["id"].as_str().expect("id string").to_string());
+            }
+            all.extend(page.iter().cloned());
+            if !has_more || page.is_empty() {
+                return all;
+            }
+        }
+        panic!("history of room {room_id} did not end within 10,000 pages");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Finds PORT in a line containing `listening on http://127.0.0.1:PORT` (ANSI colours ignored).
+fn parse_listening_port(line: &str) -> Option<u16> {
+    let clean = strip_ansi(line);
+    let rest = &clean[clean.find("listening on http://")? + "listening on http://".len()..];
+    let authority = rest.split(|c: char| c.is_whitespace() || c == '/').next()?;
+    let port: String = authority.rsplit(':').next()?.chars().take_while(|c| c.is_ascii_digit()).collect();
+    port.parse().ok()
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// An HTTP answer: status, content type, body text and (if it parsed) the body as JSON.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub content_type: String,
+    pub text: String,
+    pub json: Value,
+}
+
+impl HttpReply {
+    /// The `error.code` of a REST error body.
+    pub fn error_code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or("<no error.code>")
+    }
+
+    /// Asserts an error answer with this status and code.
+    pub fn assert_error(&self, status: u16, code: &str, what: &str) {
+        assert_eq!(
+            (self.status, self.error_code()),
+            (status, code),
+            "{what}: expected {status} {code}, got {} {}",
+            self.status,
+            self.text
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens
+// ---------------------------------------------------------------------------------------------
+
+/// The claims (payload) of a JWT, decoded without verification.
+pub fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("JWT has a payload");
+    let bytes = URL_SAFE_NO_PAD.decode(payload).expect("JWT payload is base64url");
+    serde_json::from_slice(&bytes).expect("JWT payload is JSON")
+}
+
+/// Signs claims with HS256 and the given key.
+pub fn sign_hs256(claims: &Value, key: &[u8]) -> String {
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(key)).expect("sign JWT")
+}
+
+/// A token with `alg: none` and an empty signature.
+pub fn unsigned_token(claims: &Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    format!("{header}.{payload}.")
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket client
+// ---------------------------------------------------------------------------------------------
+
+pub type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A request's outcome: the ack's `data`, or the error's `(code, message)`.
+pub type Reply = Result<Value, (String, String)>;
+
+/// Why waiting for a frame stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stop {
+    Timeout,
+    /// The connection closed; the close code if the server sent one.
+    Closed(Option<u16>),
+}
+
+/// A connected WebSocket client that buffers pushed events while it waits for replies.
+pub struct Client {
+    ws: Ws,
+    events: VecDeque<Value>,
+    replies: VecDeque<Value>,
+    closed: Option<Option<u16>>,
+    /// The `data` of the `hello` frame.
+    pub hello: Value,
+}
+
+impl Client {
+    /// Connects with the token in the `token` query parameter; panics on failure.
+    pub async fn connect(server: &Server, token: &str) -> Client {
+        let url = format!("{}?token={token}", server.ws_url());
+        match Client::try_connect(url.into_client_request().expect("ws request")).await {
+            Ok((c, _)) => c,
+            Err(e) => panic!("WebSocket connect failed: {}", describe_ws_error(&e)),
+        }
+    }
+
+    /// Connects with any request (extra headers etc.) and reads the `hello` frame.
+    pub async fn try_connect(
+        req: http::Request<()>,
+    ) -> Result<(Client, http::Response<Option<Vec<u8>>>), tungstenite::Error> {
+        let (ws, resp) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("WebSocket handshake timed out")?;
+        let mut c = Client { ws, events: VecDeque::new(), replies: VecDeque::new(), closed: None, hello: Value::Null };
+        let deadline = Instant::now() + TIMEOUT;
+        match c.recv(deadline).await {
+            Ok(Incoming::Json(v)) if v["event"] == "hello" => c.hello = v["data"].clone(),
+            other => panic!("the first frame after connect should be `hello`, got {other:?}"),
+        }
+        Ok((c, resp))
+    }
+
+    /// The user id the server greeted this connection as.
+    pub fn user_id(&self) -> String {
+        self.hello["user"]["id"].as_str().expect("hello.user.id").to_string()
+    }
+
+    async fn recv(&mut self, deadline: Instant) -> Result<Incoming, Stop> {
+        if let Some(code) = self.closed {
+            return Err(Stop::Closed(code));
+        }
+        loop {
+            let next = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Err(Stop::Timeout),
+                Ok(n) => n,
+            };
+            match next {
+                None | Some(Err(_)) => {
+                    self.closed = Some(None);
+                    return Err(Stop::Closed(None));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map(|f| u16::from(f.code));
+                    self.closed = Some(code);
+                    return Err(Stop::Closed(code));
+                }
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str())
+                        .unwrap_or_else(|e| panic!("server sent a text frame that is not JSON ({e}): {t}"));
+                    return Ok(Incoming::Json(v));
+                }
+                Some(Ok(Message::Binary(b))) => return Ok(Incoming::Binary(b.to_vec())),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Reads one frame and files it as a reply (ack/error) or a pushed event.
+    async fn pump(&mut self, deadline: Instant) -> Result<(), Stop> {
+        match self.recv(deadline).await? {
+            Incoming::Json(v) => {
+                match v["event"].as_str() {
+                    Some("ack") | Some("error") => self.replies.push_back(v),
+                    _ => self.events.push_back(v),
+                }
+                Ok(())
+            }
+            Incoming::Binary(b) => panic!("server sent a binary frame of {} bytes", b.len()),
+        }
+    }
+
+    /// Sends any WebSocket message (raw frames included).
+    pub async fn send_raw(&mut self, msg: Message) -> Result<(), tungstenite::Error> {
+        match tokio::time::timeout(TIMEOUT, self.ws.send(msg)).await {
+            Ok(r) => r,
+            Err(_) => Err(tungstenite::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "send timed out"))),
+        }
+    }
+
+    /// Sends a text frame; panics if the connection is gone.
+    pub async fn send_text_frame(&mut self, text: &str) {
+        let r = self.send_raw(Message::text(text)).await;
+        r.unwrap_or_else(|e| panic!("sending a text frame failed: {e}"));
+    }
+
+    /// Sends one message split into text fragments (first Text, then Continue frames).
+    pub async fn send_fragments(&mut self, parts: &[&[u8]]) -> Result<(), tungstenite::Error> {
+        for (i, part) in parts.iter().enumerate() {
+            let opcode = if i == 0 { OpData::Text } else { OpData::Continue };
+            let last = i + 1 == parts.len();
+            let frame = Frame::message(Bytes::copy_from_slice(part), OpCode::Data(opcode), last);
+            self.send_raw(Message::Frame(frame)).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a request with a fresh `ref` without waiting; returns the ref.
+    pub async fn try_send_request(&mut self, event: &str, data: Value) -> Result<String, tungstenite::Error> {
+        let r = format!("r{}", unique());
+        let frame = json!({"event": event, "ref": r, "data": data});
+        self.send_raw(Message::text(frame.to_string())).await?;
+        Ok(r)
+    }
+
+    pub async fn send_request(&mut self, event: &str, data: Value) -> String {
+        let r = self.try_send_request(event, data).await;
+        r.unwrap_or_else(|e| panic!("sending {event} failed: {e}"))
+    }
+
+    /// Waits for the ack or error carrying `r`.
+    pub async fn try_reply(&mut self, r: &str, within: Duration) -> Result<Reply, Stop> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(pos) = self.replies.iter().position(|v| v["ref"] == r) {
+                let v = self.replies.remove(pos).expect("position is valid");
+                return Ok(split_reply(v));
+            }
+            self.pump(deadline).await?;
+        }
+    }
+
+    pub async fn reply(&mut self, r: &str) -> Reply {
+        match self.try_reply(r, TIMEOUT).await {
+            Ok(reply) => reply,
+            Err(stop) => panic!("no reply to ref {r}: {stop:?}"),
+        }
+    }
+
+    /// Sends a request and waits for its ack (Ok(data)) or error (Err((code, message))).
+    pub async fn request(&mut self, event: &str, data: Value) -> Reply {
+        let r = self.send_request(event, data).await;
+        self.reply(&r).await
+    }
+
+    /// Like `request`, but panics with context unless it is acked.
+    pub async fn ok(&mut self, event: &str, data: Value) -> Value {
+        let shown = data.to_string();
+        match self.request(event, data).await {
+            Ok(v) => v,
+            Err((code, message)) => panic!("{event} {shown} failed: {code}: {message}"),
+        }
+    }
+
+    /// Waits for the next ack or error frame whatever its ref; returns the whole frame.
+    pub async fn next_reply_frame(&mut self, within: Duration) -> Result<Value, Stop> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = self.replies.pop_front() {
+                return Ok(v);
+            }
+            self.pump(deadline).await?;
+        }
+    }
+
+    /// Waits for the next pushed event called `name`; returns its `data`. Other events stay buffered.
+    pub async fn try_next_event(&mut self, name: &str, within: Duration) -> Result<Value, Stop> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(pos) = self.events.iter().position(|v| v["event"] == name) {
+                let v = self.events.remove(pos).expect("position is valid");
+                return Ok(v["data"].clone());
+            }
+            self.pump(deadline).await?;
+        }
+    }
+
+    pub async fn next_event(&mut self, name: &str) -> Value {
+        match self.try_next_event(name, TIMEOUT).await {
+            Ok(v) => v,
+            Err(stop) => panic!(
+                "no `{name}` event arrived ({stop:?}); buffered events: {:?}",
+                self.events.iter().map(|e| e["event"].to_string()).collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    /// Waits for the next pushed event called `name` whose data matches; returns its `data`.
+    pub async fn next_event_where(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(pos) = self.events.iter().position(|v| v["event"] == name && pred(&v["data"])) {
+                let v = self.events.remove(pos).expect("position is valid");
+                return v["data"].clone();
+            }
+            if let Err(stop) = self.pump(deadline).await {
+                panic!(
+                    "no matching `{name}` event arrived ({stop:?}); buffered events: {:?}",
+                    self.events.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+
+    /// Waits for the `member_joined` of `user_id` in `room_id`; returns the member record.
+    pub async fn next_member_joined(&mut self, room_id: &str, user_id: &str) -> Value {
+        let data = self
+            .next_event_where("member_joined", |d| d["room_id"] == room_id && d["member"]["user_id"] == user_id)
+            .await;
+        data["member"].clone()
+    }
+
+    /// Waits for the next `receive_message` whose message matches; returns the message.
+    pub async fn next_message_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        let data = self.next_event_where("receive_message", |d| pred(&d["message"])).await;
+        data["message"].clone()
+    }
+
+    /// Every pushed event buffered so far (not yet taken by `next_event`).
+    pub fn buffered_events(&self) -> &VecDeque<Value> {
+        &self.events
+    }
+
+    pub fn clear_events(&mut self) {
+        self.events.clear();
+    }
+
+    /// Reads until the server closes; returns the close code (None: closed without a close frame).
+    pub async fn expect_close(&mut self, within: Duration) -> Option<u16> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.pump(deadline).await {
+                Ok(()) => continue,
+                Err(Stop::Closed(code)) => return code,
+                Err(Stop::Timeout) => panic!("the server did not close the connection within {within:?}"),
+            }
+        }
+    }
+
+    /// A full round trip proving the connection still serves requests.
+    pub async fn ping(&mut self) {
+        let ack = self.ok("ping", json!({})).await;
+        assert!(ack["server_time"].is_u64(), "ping ack carries server_time: {ack}");
+    }
+
+    /// Sends a text message and returns the ack data.
+    pub async fn send_message(&mut self, room_id: &str, client_msg_id: &str, content: &str) -> Reply {
+        self.request(
+            "send_message",
+            json!({"room_id": room_id, "client_msg_id": client_msg_id, "type": "text", "content": content}),
+        )
+        .await
+    }
+
+    /// Sends a text message with a fresh client_msg_id; panics unless acked; returns the message.
+    pub async fn say(&mut self, room_id: &str, content: &str) -> Value {
+        let cmid = format!("m-{}", unique());
+        match self.send_message(room_id, &cmid, content).await {
+            Ok(ack) => ack["message"].clone(),
+            Err((code, message)) => panic!("send_message to {room_id} failed: {code}: {message}"),
+        }
+    }
+
+    /// Creates a group room; returns its id.
+    pub async fn create_room(&mut self, name: &str, visibility: &str) -> String {
+        let ack = self.ok("create_room", json!({"name": name, "visibility": visibility})).await;
+        ack["room"]["id"].as_str().expect("room.id is a string").to_string()
+    }
+
+    /// Invites a user into a room; panics unless acked.
+    pub async fn invite(&mut self, room_id: &str, user_id: &str) {
+        self.ok("invite", json!({"room_id": room_id, "user_id": user_id})).await;
+    }
+
+    /// Fetches one history page: (messages, has_more).
+    pub async fn history(&mut self, data: Value) -> (Vec<Value>, bool) {
+        let ack = self.ok("history", data).await;
+        let messages = ack["messages"].as_array().expect("messages array").clone();
+        let has_more = ack["has_more"].as_bool().expect("has_more bool");
+        (messages, has_more)
+    }
+}
+
+/// What one frame from the server was.
+#[derive(Debug)]
+pub enum Incoming {
+    Json(Value),
+    Binary(Vec<u8>),
+}
+
+fn split_reply(v: Value) -> Reply {
+    if v["event"] == "ack" {
+        Ok(v.get("data").cloned().unwrap_or(Value::Null))
+    } else {
+        let code = v["data"]["code"].as_str().unwrap_or("<no code>").to_string();
+        let message = v["data"]["message"].as_str().unwrap_or("").to_string();
+        Err((code, message))
+    }
+}
+
+/// A request for `/ws` with no token, to which a test adds headers.
+pub fn ws_request(server: &Server, query: &str) -> http::Request<()> {
+    format!("{}{query}", server.ws_url()).into_client_request().expect("ws request")
+}
+
+/// Tries to upgrade; expects a refusal and returns its HTTP status and (if it parsed) JSON body.
+pub async fn refused_upgrade(req: http::Request<()>) -> (u16, Value) {
+    match tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("WebSocket handshake timed out")
+    {
+        Ok(_) => panic!("the upgrade was accepted but should have been refused"),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+    }
+}
+
+pub fn describe_ws_error(e: &tungstenite::Error) -> String {
+    match e {
+        tungstenite::Error::Http(resp) => format!(
+            "HTTP {} {}",
+            resp.status(),
+            resp.body().as_ref().map(|b| String::from_utf8_lossy(b).to_string()).unwrap_or_default()
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Asserts that a message record has every documented field with the right types.
+pub fn assert_message_shape(m: &Value) {
+    for key in ["id", "room_id", "sender_id", "client_msg_id", "type", "content", "status"] {
+        assert!(m[key].is_string(), "message.{key} should be a string: {m}");
+    }
+    assert!(m["created_at"].is_u64(), "message.created_at should be an integer: {m}");
+    assert!(m.get("edited_at").is_some(), "message.edited_at should be present: {m}");
+    assert!(m.get("deleted_at").is_some(), "message.deleted_at should be present: {m}");
+    let id = id_of(&m["id"]);
+    let created_at = m["created_at"].as_u64().expect("created_at");
+    assert_eq!(
+        (id >> 22) + ID_EPOCH_MS,
+        created_at,
+        "created_at must be the time part of the id (42 bits of ms since 2025-01-01): {m}"
+    );
+}
+
+/// Returns the path inside the temp dir, for tests that write files of their own.
+pub fn path_in(server: &Server, name: &str) -> PathBuf {
+    server.dir.path().join(name)
+}
+
+/// True if any string anywhere inside `v` equals `needle`.
+pub fn mentions(v: &Value, needle: &str) -> bool {
+    match v {
+        Value::String(s) => s == needle,
+        Value::Array(a) => a.iter().any(|x| mentions(x, needle)),
+        Value::Object(o) => o.values().any(|x| mentions(x, needle)),
+        _ => false,
+    }
+}
+
+/// Runs `confab <args>` outside any server, in a temp dir; returns (success, stdout + stderr).
+pub fn run_cli(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .args(args)
+        .stdin(Stdio::null());
+    let out = run_bounded(cmd);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Runs a command to completion, killing it if it takes longer than `TIMEOUT`.
+fn run_bounded(mut cmd: Command) -> Output {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn confab");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(out) => out.expect("collect confab output"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            panic!("`confab {:?}` did not finish within {TIMEOUT:?}", cmd.get_args().collect::<Vec<_>>());
+        }
+    }
+}
