@@ -276,6 +276,7 @@ async fn run(args: Args) -> Result<bool> {
     let mut sender_outs: Vec<SenderOut> = Vec::new();
     let mut drained = true;
     let mut drain_s = 0.0;
+    let mut cpu = CpuReport::default();
     if !args.idle && k > 0 {
         let start = Instant::now() + Duration::from_millis(100);
         let warm_end = start + Duration::from_secs_f64(args.warmup);
@@ -324,6 +325,23 @@ async fn run(args: Args) -> Result<bool> {
                 shared.clone(),
             )));
         }
+        // CPU use over the measured window (who is the bottleneck).
+        tokio::time::sleep_until(warm_end).await;
+        let cpu_start = (
+            std::time::Instant::now(),
+            cpu_ticks("self"),
+            args.server_pid.and_then(|p| cpu_ticks(&p.to_string())),
+        );
+        tokio::time::sleep_until(end).await;
+        let secs = cpu_start.0.elapsed().as_secs_f64();
+        let pct = |before: Option<u64>, after: Option<u64>| {
+            Some((after? - before?) as f64 / CLK_TCK / secs * 100.0)
+        };
+        cpu.loadgen_pct = pct(cpu_start.1, cpu_ticks("self"));
+        cpu.server_pct = pct(
+            cpu_start.2,
+            args.server_pid.and_then(|p| cpu_ticks(&p.to_string())),
+        );
         for h in handles {
             sender_outs.push(h.await.unwrap_or_default());
         }
@@ -339,6 +357,12 @@ async fn run(args: Args) -> Result<bool> {
                     >= shared.room_acked[j].load(Ordering::Relaxed) * members[j] as u64
             });
             if replies >= sent && all_delivered {
+                break;
+            }
+            let gone: u64 = shared.disconnects.lock().values().sum();
+            if gone >= n as u64 {
+                drained = false;
+                info!("drain: every connection has ended");
                 break;
             }
             if Instant::now() >= deadline {
@@ -397,6 +421,7 @@ async fn run(args: Args) -> Result<bool> {
         drained,
         drain_s,
         dropped_while_idle,
+        cpu,
     });
     print_human(&report);
     if args.json {
@@ -505,6 +530,26 @@ fn check_fd_limit(needed: usize) -> Result<()> {
         )),
         _ => Ok(()),
     }
+}
+
+/// Clock ticks per second of /proc/PID/stat times (USER_HZ, 100 on Linux).
+const CLK_TCK: f64 = 100.0;
+
+/// utime + stime of a process (`"self"` or a pid), in clock ticks.
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+#[derive(Serialize, Default)]
+struct CpuReport {
+    /// The server's CPU use (needs --server-pid), % of one core.
+    server_pct: Option<f64>,
+    /// The generator's own CPU use, % of one core.
+    loadgen_pct: Option<f64>,
 }
 
 /// Resident memory readings at one point.
@@ -638,6 +683,8 @@ struct Report {
     errors: BTreeMap<String, u64>,
     disconnects: BTreeMap<String, u64>,
     disconnects_before_load: u64,
+    /// CPU use during the measured window, in % of one core.
+    cpu: CpuReport,
     other_events: BTreeMap<String, u64>,
     readers_lost: usize,
     drained: bool,
@@ -661,6 +708,7 @@ struct ReportInput<'a> {
     drained: bool,
     drain_s: f64,
     dropped_while_idle: u64,
+    cpu: CpuReport,
 }
 
 fn build_report(inp: ReportInput<'_>) -> Report {
@@ -746,6 +794,7 @@ fn build_report(inp: ReportInput<'_>) -> Report {
         errors,
         disconnects,
         disconnects_before_load: inp.dropped_while_idle,
+        cpu: inp.cpu,
         other_events: inp.shared.other_events.lock().clone(),
         readers_lost,
         drained: inp.drained,
@@ -850,6 +899,15 @@ fn print_human(r: &Report) {
             ),
         );
         row("delivered/s", format!("{:.0}", r.delivered_per_s));
+        let pct = |p: Option<f64>| p.map_or("n/a".to_string(), |p| format!("{p:.0} %"));
+        row(
+            "CPU (of one core)",
+            format!(
+                "server {}, loadgen {} (measured window)",
+                pct(r.cpu.server_pct),
+                pct(r.cpu.loadgen_pct)
+            ),
+        );
         row("latency send->receive", fmt_lat(&r.latency));
         row("latency send->ack", fmt_lat(&r.ack_latency));
         row("errors", fmt_map(&r.errors));

@@ -35,7 +35,12 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let data = &config.storage.data_dir;
         let auth = Authenticator::new(&config.auth, data)?;
-        let store = Store::open(data, config.node.id, config.storage.max_batch, metrics.clone())?;
+        let store = Store::open(
+            data,
+            config.node.id,
+            config.storage.max_batch,
+            metrics.clone(),
+        )?;
         let hub = Hub::new(store.clone(), config.limits.clone(), metrics.clone())?;
         Ok(Self {
             config: Arc::new(config),

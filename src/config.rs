@@ -1,8 +1,8 @@
 //! Configuration: figment layers (defaults < file < CONFAB_* env < flags) into a validated `Config`.
 
+use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Value};
-use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -86,14 +86,23 @@ pub enum Registration {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuthConfig {
-    #[serde(deserialize_with = "opt_stringish", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        deserialize_with = "opt_stringish",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub jwt_secret: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret_file: Option<PathBuf>,
     pub public_keys: Vec<PublicKeyConfig>,
-    #[serde(deserialize_with = "opt_stringish", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        deserialize_with = "opt_stringish",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub issuer: Option<String>,
-    #[serde(deserialize_with = "opt_stringish", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        deserialize_with = "opt_stringish",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub audience: Option<String>,
     pub leeway_secs: u64,
     pub token_ttl_secs: u64,
@@ -103,7 +112,10 @@ pub struct AuthConfig {
 impl std::fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthConfig")
-            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("jwt_secret_file", &self.jwt_secret_file)
             .field("public_keys", &self.public_keys)
             .field("issuer", &self.issuer)
@@ -241,7 +253,10 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Loaded, Config
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        None => figment = figment.merge(Toml::file_exact("config.toml")),
+        None if Path::new("config.toml").is_file() => {
+            figment = figment.merge(Toml::file_exact("config.toml"));
+        }
+        None => {}
     }
     figment = figment.merge(Env::prefixed("CONFAB_").split("__"));
     let mut flags = Dict::new();
@@ -348,14 +363,20 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
     let listen: SocketAddr = raw.server.listen.parse().map_err(|_| {
         invalid(
             "server.listen",
-            format!("{:?} is not an address like 127.0.0.1:8080", raw.server.listen),
+            format!(
+                "{:?} is not an address like 127.0.0.1:8080",
+                raw.server.listen
+            ),
         )
     })?;
     if raw.server.max_connections == 0 {
         return Err(invalid("server.max_connections", "must be at least 1"));
     }
     if raw.server.heartbeat_interval_secs == 0 {
-        return Err(invalid("server.heartbeat_interval_secs", "must be at least 1"));
+        return Err(invalid(
+            "server.heartbeat_interval_secs",
+            "must be at least 1",
+        ));
     }
     if raw.server.idle_timeout_secs <= raw.server.heartbeat_interval_secs {
         return Err(invalid(

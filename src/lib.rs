@@ -4,14 +4,14 @@
 //! wire format), `config`, `metrics`; `auth` and `store` beside each other; `chat` (the hub)
 //! above them; `server` (HTTP and WebSocket) on top; `app` wires them. See ARCHITECTURE.md.
 
-pub mod model;
-pub mod protocol;
+pub mod app;
+pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod metrics;
-pub mod auth;
-pub mod store;
-pub mod chat;
+pub mod model;
+pub mod protocol;
 pub mod server;
-pub mod app;
+pub mod store;
 
 pub use app::App;

@@ -7,7 +7,11 @@ use confab::config::{self, LogFormat, Overrides};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "confab", version, about = "Confab: a single-binary chat server")]
+#[command(
+    name = "confab",
+    version,
+    about = "Confab: a single-binary chat server"
+)]
 struct Cli {
     /// Configuration file (default: ./config.toml when present).
     #[arg(long, global = true, value_name = "PATH")]
@@ -82,7 +86,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn print_provenance(loaded: &config::Loaded) {
-    let width = loaded.provenance.iter().map(|(k, v, _)| k.len() + v.len()).max().unwrap_or(0);
+    let width = loaded
+        .provenance
+        .iter()
+        .map(|(k, v, _)| k.len() + v.len())
+        .max()
+        .unwrap_or(0);
     for (key, value, source) in &loaded.provenance {
         let pad = width.saturating_sub(key.len() + value.len());
         println!("  {key} = {value}{:pad$}   ({source})", "");
@@ -102,19 +111,26 @@ fn serve(loaded: config::Loaded) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let data_dir = std::path::absolute(&cfg.storage.data_dir).unwrap_or(cfg.storage.data_dir.clone());
+        let data_dir =
+            std::path::absolute(&cfg.storage.data_dir).unwrap_or(cfg.storage.data_dir.clone());
         let app = confab::App::open(cfg.clone())
             .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
         let addr = listener.local_addr()?;
-        println!("Confab {} (node {})", env!("CARGO_PKG_VERSION"), app.node_id());
+        println!(
+            "Confab {} (node {})",
+            env!("CARGO_PKG_VERSION"),
+            app.node_id()
+        );
         println!("data directory: {}", data_dir.display());
         println!("configuration (value and where it came from):");
         print_provenance(&loaded);
         println!("listening on http://{addr}");
-        println!("  open http://{addr}/ in a browser, or connect a WebSocket to ws://{addr}/ws?token=...");
+        println!(
+            "  open http://{addr}/ in a browser, or connect a WebSocket to ws://{addr}/ws?token=..."
+        );
         tracing::info!(%addr, "ready");
         app.run(listener, shutdown_signal()).await;
         anyhow::Ok(())
@@ -123,8 +139,10 @@ fn serve(loaded: config::Loaded) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot listen for signals; stop with SIGKILL");
         return std::future::pending().await;
     };
@@ -138,7 +156,9 @@ fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

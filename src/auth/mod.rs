@@ -122,8 +122,7 @@ impl Authenticator {
                 .public
                 .iter()
                 .find(|k| {
-                    k.alg == alg
-                        && (k.kid.is_none() || k.kid.as_deref() == header.kid.as_deref())
+                    k.alg == alg && (k.kid.is_none() || k.kid.as_deref() == header.kid.as_deref())
                 })
                 .map(|k| &k.key)
                 .ok_or_else(|| AuthError::Invalid(format!("no key for alg {alg:?}")))?,
@@ -159,9 +158,13 @@ impl Authenticator {
             }
         })?;
         let c = data.claims;
-        if c.sub.is_empty() || c.sub.len() > MAX_USER_ID_BYTES || c.sub.chars().any(char::is_control)
+        if c.sub.is_empty()
+            || c.sub.len() > MAX_USER_ID_BYTES
+            || c.sub.chars().any(char::is_control)
         {
-            return Err(AuthError::Invalid("sub must be 1-128 printable bytes".into()));
+            return Err(AuthError::Invalid(
+                "sub must be 1-128 printable bytes".into(),
+            ));
         }
         let name = c
             .name
@@ -176,7 +179,12 @@ impl Authenticator {
     }
 
     /// Mints an HS256 token for `user` valid for `ttl_secs` (the configured default if `None`).
-    pub fn mint(&self, user: &str, name: Option<&str>, ttl_secs: Option<u64>) -> Result<String, AuthError> {
+    pub fn mint(
+        &self,
+        user: &str,
+        name: Option<&str>,
+        ttl_secs: Option<u64>,
+    ) -> Result<String, AuthError> {
         let now = now_ms() / 1000;
         let claims = Claims {
             sub: user.to_owned(),
@@ -282,8 +290,12 @@ mod tests {
         let expired = {
             let inner = auth(dir.path(), Some("confab"));
             let claims = serde_json::json!({"sub":"a","exp": now_ms()/1000 - 3600, "aud":"confab"});
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &inner.inner.hs_encode)
-                .expect("encode")
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &inner.inner.hs_encode,
+            )
+            .expect("encode")
         };
         assert!(matches!(a.verify(&expired), Err(AuthError::Expired)));
         let wrong_aud = {

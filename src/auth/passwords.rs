@@ -1,16 +1,18 @@
 //! Built-in account credentials: username rules and argon2id password hashes.
 
 use super::AuthError;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 
 /// Usernames: 3–32 of `a-z 0-9 _ . -`, lowercased.
 pub fn validate_username(raw: &str) -> Result<String, AuthError> {
     let name = raw.trim().to_lowercase();
     let ok = (3..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        });
     if ok {
         Ok(name)
     } else {

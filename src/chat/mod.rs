@@ -13,7 +13,9 @@ pub use outbox::{CloseRequest, Outbox, Pushed};
 
 use crate::config::Limits;
 use crate::metrics::Metrics;
-use crate::model::{Id, Member, Message, MessageType, Role, Room, RoomKind, User, UserId, Visibility};
+use crate::model::{
+    Id, Member, Message, MessageType, Role, Room, RoomKind, User, UserId, Visibility,
+};
 use crate::protocol::{self, WireError};
 use crate::store::{Store, WriteOp, WriteOutput};
 use bytes::Bytes;
@@ -74,6 +76,9 @@ pub struct NewMessage {
     pub content: String,
 }
 
+/// Each user's open connections on this node, by connection id.
+type LocalConnections = HashMap<UserId, Vec<(u64, Arc<Outbox>)>>;
+
 struct RoomEntry {
     room: Room,
     members: HashMap<UserId, Member>,
@@ -89,7 +94,10 @@ struct State {
 impl State {
     fn add_member(&mut self, room: Id, m: Member) {
         if let Some(r) = self.rooms.get_mut(&room) {
-            self.user_rooms.entry(m.user_id.clone()).or_default().insert(room);
+            self.user_rooms
+                .entry(m.user_id.clone())
+                .or_default()
+                .insert(room);
             r.members.insert(m.user_id.clone(), m);
         }
     }
@@ -138,7 +146,7 @@ pub struct Hub {
     limits: Limits,
     state: RwLock<State>,
     // Lock order: `state` before `conns`, never the other way.
-    conns: RwLock<HashMap<UserId, Vec<(u64, Arc<Outbox>)>>>,
+    conns: RwLock<LocalConnections>,
     next_conn: AtomicU64,
 }
 
@@ -154,7 +162,11 @@ struct MessageEvent<'a> {
 
 impl Hub {
     /// Builds the hub over an opened store, loading rooms, members and names into memory.
-    pub fn new(store: Store, limits: Limits, metrics: Arc<Metrics>) -> Result<Arc<Self>, ChatError> {
+    pub fn new(
+        store: Store,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, ChatError> {
         let snap = store.snapshot()?;
         let mut state = State::default();
         for (room, members) in snap.rooms {
@@ -262,7 +274,8 @@ impl Hub {
     }
 
     fn require_member(&self, room: Id, user: &UserId) -> Result<Role, ChatError> {
-        self.is_member(room, user).ok_or(ChatError::NotFound("room"))
+        self.is_member(room, user)
+            .ok_or(ChatError::NotFound("room"))
     }
 
     /// Sends one frame, serialized once, to every connection of every member of `room`.
@@ -323,9 +336,17 @@ impl Hub {
 
     /// Validates and queues a message; the ack (to `reply`) and the broadcast to the room
     /// follow once it is durable. Errors found before storage are returned at once.
-    pub fn send_message(self: &Arc<Self>, user: &UserId, msg: NewMessage, reply: Reply) -> Result<(), ChatError> {
+    pub fn send_message(
+        self: &Arc<Self>,
+        user: &UserId,
+        msg: NewMessage,
+        reply: Reply,
+    ) -> Result<(), ChatError> {
         let kind = MessageType::from_client(&msg.kind).ok_or_else(|| {
-            ChatError::Invalid(format!("type must be text, file or image, not {:?}", msg.kind))
+            ChatError::Invalid(format!(
+                "type must be text, file or image, not {:?}",
+                msg.kind
+            ))
         })?;
         validate::client_msg_id(&msg.client_msg_id)?;
         validate::content(&msg.content, self.limits.max_message_bytes)?;
@@ -355,7 +376,12 @@ impl Hub {
         let fanout = match &ack {
             Ok(a) if !a.duplicate => Some((
                 a.message.room_id,
-                protocol::event("receive_message", &MessageEvent { message: &a.message }),
+                protocol::event(
+                    "receive_message",
+                    &MessageEvent {
+                        message: &a.message,
+                    },
+                ),
             )),
             _ => None,
         };
@@ -379,7 +405,11 @@ impl Hub {
     }
 
     /// Sends over a waiting channel (REST).
-    pub async fn send_message_wait(self: &Arc<Self>, user: &UserId, msg: NewMessage) -> Result<SendAck, ChatError> {
+    pub async fn send_message_wait(
+        self: &Arc<Self>,
+        user: &UserId,
+        msg: NewMessage,
+    ) -> Result<SendAck, ChatError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send_message(user, msg, Reply::Channel(tx))?;
         rx.await
@@ -387,7 +417,13 @@ impl Hub {
     }
 
     /// Edits a message's content (its sender, or a room owner/admin).
-    pub async fn edit_message(self: &Arc<Self>, user: &UserId, room: Id, id: Id, content: String) -> Result<Message, ChatError> {
+    pub async fn edit_message(
+        self: &Arc<Self>,
+        user: &UserId,
+        room: Id,
+        id: Id,
+        content: String,
+    ) -> Result<Message, ChatError> {
         validate::content(&content, self.limits.max_message_bytes)?;
         let role = self.require_member(room, user)?;
         let op = WriteOp::EditMessage {
@@ -401,7 +437,12 @@ impl Hub {
     }
 
     /// Soft-deletes a message (its sender, or a room owner/admin).
-    pub async fn delete_message(self: &Arc<Self>, user: &UserId, room: Id, id: Id) -> Result<Message, ChatError> {
+    pub async fn delete_message(
+        self: &Arc<Self>,
+        user: &UserId,
+        room: Id,
+        id: Id,
+    ) -> Result<Message, ChatError> {
         let role = self.require_member(room, user)?;
         let op = WriteOp::DeleteMessage {
             room,
@@ -412,7 +453,11 @@ impl Hub {
         self.change_message(op, "message_deleted").await
     }
 
-    async fn change_message(self: &Arc<Self>, op: WriteOp, event: &'static str) -> Result<Message, ChatError> {
+    async fn change_message(
+        self: &Arc<Self>,
+        op: WriteOp,
+        event: &'static str,
+    ) -> Result<Message, ChatError> {
         let out = self
             .write_then(op, move |hub, out| {
                 if let WriteOutput::MessageChanged(m) = out {
@@ -525,7 +570,7 @@ impl Hub {
             .flatten()
             .filter_map(|id| st.info(*id))
             .collect();
-        out.sort_by(|a, b| b.room.id.cmp(&a.room.id));
+        out.sort_by_key(|r| std::cmp::Reverse(r.room.id));
         out
     }
 
@@ -541,7 +586,7 @@ impl Hub {
                 member_count: r.members.len(),
             })
             .collect();
-        out.sort_by(|a, b| b.room.id.cmp(&a.room.id));
+        out.sort_by_key(|r| std::cmp::Reverse(r.room.id));
         out
     }
 
@@ -549,7 +594,9 @@ impl Hub {
     pub fn room(&self, user: &UserId, room: Id) -> Result<RoomInfo, ChatError> {
         let st = self.state.read();
         let r = st.rooms.get(&room).ok_or(ChatError::NotFound("room"))?;
-        if r.members.contains_key(user) || r.room.visibility == Visibility::Public && r.room.kind == RoomKind::Group {
+        if r.members.contains_key(user)
+            || r.room.visibility == Visibility::Public && r.room.kind == RoomKind::Group
+        {
             Ok(RoomInfo {
                 room: r.room.clone(),
                 member_count: r.members.len(),
@@ -560,7 +607,11 @@ impl Hub {
     }
 
     /// Joins a public room. A private room answers `not_found`, as if it did not exist.
-    pub async fn join_room(self: &Arc<Self>, user: &UserId, room: Id) -> Result<RoomInfo, ChatError> {
+    pub async fn join_room(
+        self: &Arc<Self>,
+        user: &UserId,
+        room: Id,
+    ) -> Result<RoomInfo, ChatError> {
         {
             let st = self.state.read();
             let r = st.rooms.get(&room).ok_or(ChatError::NotFound("room"))?;
@@ -572,11 +623,19 @@ impl Hub {
             }
         }
         self.add_member(room, user.clone()).await?;
-        self.state.read().info(room).ok_or(ChatError::NotFound("room"))
+        self.state
+            .read()
+            .info(room)
+            .ok_or(ChatError::NotFound("room"))
     }
 
     /// Adds `target` to a group room `user` belongs to.
-    pub async fn invite(self: &Arc<Self>, user: &UserId, room: Id, target: &str) -> Result<(), ChatError> {
+    pub async fn invite(
+        self: &Arc<Self>,
+        user: &UserId,
+        room: Id,
+        target: &str,
+    ) -> Result<(), ChatError> {
         validate::user_id(target)?;
         {
             let st = self.state.read();
@@ -585,10 +644,14 @@ impl Hub {
                 return Err(ChatError::NotFound("room"));
             }
             if r.room.kind == RoomKind::Dm {
-                return Err(ChatError::Forbidden("nobody can be invited into a direct message"));
+                return Err(ChatError::Forbidden(
+                    "nobody can be invited into a direct message",
+                ));
             }
         }
-        self.add_member(room, UserId::from(target)).await.map(|_| ())
+        self.add_member(room, UserId::from(target))
+            .await
+            .map(|_| ())
     }
 
     async fn add_member(self: &Arc<Self>, room: Id, user: UserId) -> Result<(), ChatError> {
@@ -621,12 +684,19 @@ impl Hub {
             room_id: Id,
             member: &'a MemberInfo,
         }
-        let frame = protocol::event("member_joined", &Joined { room_id: room, member: &m });
-        self.broadcast(room, &frame);
+        // The newcomer learns of the room before any event in it.
         if let Some(info) = info {
             let frame = protocol::event("room_added", &RoomEvent { room: &info });
             self.push_to_user(&member.user_id, &frame);
         }
+        let frame = protocol::event(
+            "member_joined",
+            &Joined {
+                room_id: room,
+                member: &m,
+            },
+        );
+        self.broadcast(room, &frame);
     }
 
     /// Leaves a room.
@@ -644,7 +714,13 @@ impl Hub {
                     room_id: Id,
                     user_id: &'a UserId,
                 }
-                let frame = protocol::event("member_left", &Left { room_id: room, user_id: &leaver });
+                let frame = protocol::event(
+                    "member_left",
+                    &Left {
+                        room_id: room,
+                        user_id: &leaver,
+                    },
+                );
                 // Tell the room (the leaver included) before they stop being a member.
                 hub.broadcast(room, &frame);
                 hub.state.write().remove_member(room, &leaver);
@@ -652,7 +728,10 @@ impl Hub {
                 struct Removed {
                     room_id: Id,
                 }
-                hub.push_to_user(&leaver, &protocol::event("room_removed", &Removed { room_id: room }));
+                hub.push_to_user(
+                    &leaver,
+                    &protocol::event("room_removed", &Removed { room_id: room }),
+                );
             }
         })
         .await
@@ -667,15 +746,25 @@ impl Hub {
             return Err(ChatError::NotFound("room"));
         }
         let mut out: Vec<MemberInfo> = r.members.values().map(|m| st.member_info(m)).collect();
-        out.sort_by(|a, b| a.joined_at.cmp(&b.joined_at).then_with(|| a.user_id.cmp(&b.user_id)));
+        out.sort_by(|a, b| {
+            a.joined_at
+                .cmp(&b.joined_at)
+                .then_with(|| a.user_id.cmp(&b.user_id))
+        });
         Ok(out)
     }
 
     /// The direct-message room of `user` and `other`, created on first use.
-    pub async fn open_dm(self: &Arc<Self>, user: &UserId, other: &str) -> Result<RoomInfo, ChatError> {
+    pub async fn open_dm(
+        self: &Arc<Self>,
+        user: &UserId,
+        other: &str,
+    ) -> Result<RoomInfo, ChatError> {
         validate::user_id(other)?;
         if other == &**user {
-            return Err(ChatError::Invalid("a direct message needs another user".into()));
+            return Err(ChatError::Invalid(
+                "a direct message needs another user".into(),
+            ));
         }
         let op = WriteOp::OpenDm {
             a: user.clone(),

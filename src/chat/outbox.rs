@@ -119,7 +119,10 @@ mod tests {
         let mut out = Vec::new();
         let close = ob.drain_into(&mut out);
         assert!(out.is_empty());
-        assert_eq!(close.map(|c| c.code), Some(crate::protocol::close::SLOW_CONSUMER));
+        assert_eq!(
+            close.map(|c| c.code),
+            Some(crate::protocol::close::SLOW_CONSUMER)
+        );
     }
 
     #[test]

@@ -41,7 +41,9 @@ pub fn room_name(s: &str, max: usize) -> Result<String, ChatError> {
 pub fn topic(s: &str, max: usize) -> Result<String, ChatError> {
     let t = s.trim();
     if t.chars().count() > max || t.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(ChatError::Invalid(format!("topic must be at most {max} characters")));
+        return Err(ChatError::Invalid(format!(
+            "topic must be at most {max} characters"
+        )));
     }
     Ok(t.to_owned())
 }
@@ -62,6 +64,9 @@ mod tests {
     fn content_rules() {
         assert!(content("hi", 10).is_ok());
         assert!(matches!(content("   \n", 10), Err(ChatError::Invalid(_))));
-        assert!(matches!(content("12345678901", 10), Err(ChatError::TooLarge(_))));
+        assert!(matches!(
+            content("12345678901", 10),
+            Err(ChatError::TooLarge(_))
+        ));
     }
 }

@@ -56,7 +56,8 @@ impl<'de> Deserialize<'de> for Id {
                 f.write_str("an id as a decimal string")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Id, E> {
-                v.parse().map_err(|_| E::custom("an id must be a decimal string"))
+                v.parse()
+                    .map_err(|_| E::custom("an id must be a decimal string"))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Id, E> {
                 Ok(Id(v))

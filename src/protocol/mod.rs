@@ -214,7 +214,10 @@ mod tests {
 
     #[test]
     fn error_frames_carry_code_and_ref() {
-        let b = error(Some("x"), &WireError::new(ErrorCode::NotFound, "room not found"));
+        let b = error(
+            Some("x"),
+            &WireError::new(ErrorCode::NotFound, "room not found"),
+        );
         let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
         assert_eq!(v["event"], "error");
         assert_eq!(v["ref"], "x");

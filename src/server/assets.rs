@@ -46,7 +46,10 @@ pub fn serve(path: &str, req_headers: &HeaderMap) -> Resp {
         h.insert(header::ETAG, v);
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(
         "content-security-policy",
         HeaderValue::from_static(

@@ -82,7 +82,9 @@ async fn api(st: &AppState, method: &Method, seg: &[&str], req: Request<Incoming
             ok(&serde_json::json!({"rooms": hub.public_rooms()}))
         }
         (&Method::GET, ["rooms", id]) => {
-            let room = hub.room(user, room_id(id)?).map_err(|e| hub.wire_error(&e))?;
+            let room = hub
+                .room(user, room_id(id)?)
+                .map_err(|e| hub.wire_error(&e))?;
             ok(&serde_json::json!({ "room": room }))
         }
         (&Method::POST, ["rooms", id, "join"]) => {
@@ -174,7 +176,10 @@ async fn api(st: &AppState, method: &Method, seg: &[&str], req: Request<Incoming
 /// The Bearer token of a REST request, verified.
 fn authenticate(st: &AppState, req: &Request<Incoming>) -> Result<Identity, WireError> {
     let token = bearer(req.headers()).ok_or_else(|| {
-        WireError::new(ErrorCode::Unauthorized, "missing Authorization: Bearer token")
+        WireError::new(
+            ErrorCode::Unauthorized,
+            "missing Authorization: Bearer token",
+        )
     })?;
     st.auth.verify(token).map_err(auth_error)
 }
@@ -217,7 +222,10 @@ struct UserView<'a> {
 
 async fn register(st: &AppState, req: Request<Incoming>) -> ApiResult {
     if st.config.auth.registration == Registration::Closed {
-        return Err(WireError::new(ErrorCode::Forbidden, "registration is closed"));
+        return Err(WireError::new(
+            ErrorCode::Forbidden,
+            "registration is closed",
+        ));
     }
     let b: protocol::Register = body(req).await?;
     let username = auth::validate_username(&b.username).map_err(auth_error)?;
@@ -251,7 +259,10 @@ async fn register(st: &AppState, req: Request<Incoming>) -> ApiResult {
             other => store_error(other),
         })?;
     st.hub.remember_name(&user_id, &display);
-    let token = st.auth.mint(&username, Some(&display), None).map_err(auth_error)?;
+    let token = st
+        .auth
+        .mint(&username, Some(&display), None)
+        .map_err(auth_error)?;
     tracing::info!(user = %username, "account registered");
     created(&Session {
         token,
@@ -323,7 +334,12 @@ impl Query {
             after: None,
             limit: None,
         };
-        let bad = |k: &str| WireError::new(ErrorCode::InvalidPayload, format!("bad query parameter {k}"));
+        let bad = |k: &str| {
+            WireError::new(
+                ErrorCode::InvalidPayload,
+                format!("bad query parameter {k}"),
+            )
+        };
         for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
@@ -360,7 +376,10 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, WireErro
         if e.is_data() {
             WireError::new(ErrorCode::InvalidPayload, format!("bad body: {e}"))
         } else {
-            WireError::new(ErrorCode::InvalidJson, format!("body is not valid JSON: {e}"))
+            WireError::new(
+                ErrorCode::InvalidJson,
+                format!("body is not valid JSON: {e}"),
+            )
         }
     })
 }
@@ -373,10 +392,8 @@ fn json_response<T: Serialize>(status: StatusCode, v: &T) -> Resp {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    r.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -408,6 +425,7 @@ pub fn error_response(e: &WireError) -> Resp {
     struct Body<'a> {
         error: &'a WireError,
     }
-    let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_response(status, &Body { error: e })
 }

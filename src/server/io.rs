@@ -27,7 +27,11 @@ impl<W> CoalescingWriter<W> {
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for CoalescingWriter<W> {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         // Bounded by the caller: a connection's outbound queue is bounded in bytes.
         self.get_mut().buf.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))

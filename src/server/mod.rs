@@ -30,7 +30,10 @@ pub struct AppState {
     ready: Arc<AtomicBool>,
     sockets: Arc<AtomicUsize>,
     shutdown: watch::Receiver<bool>,
-    #[expect(dead_code, reason = "held, never read: `serve` waits until every clone is dropped")]
+    #[expect(
+        dead_code,
+        reason = "held, never read: `serve` waits until every clone is dropped"
+    )]
     alive: mpsc::Sender<()>,
 }
 

@@ -33,7 +33,12 @@ pub async fn upgrade(st: AppState, peer: SocketAddr, mut req: Request<Incoming>)
             "expected a WebSocket upgrade request",
         ));
     }
-    if req.headers().get("sec-websocket-version").map(|v| v.as_bytes()) != Some(b"13") {
+    if req
+        .headers()
+        .get("sec-websocket-version")
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
         st.metrics.refused("version");
         let mut r = error_response(&WireError::new(
             ErrorCode::InvalidPayload,
@@ -94,8 +99,10 @@ pub async fn upgrade(st: AppState, peer: SocketAddr, mut req: Request<Incoming>)
     let (parts, _) = resp.into_parts();
     let mut r = Response::from_parts(parts, Full::new(Bytes::new()));
     if via_protocol {
-        r.headers_mut()
-            .insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
+        r.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
     }
     r
 }
@@ -108,7 +115,10 @@ fn check_origin(st: &AppState, req: &Request<Incoming>) -> Result<(), WireError>
     let forbidden = || WireError::new(ErrorCode::Forbidden, "origin not allowed");
     let origin = origin.to_str().map_err(|_| forbidden())?;
     let allowed = &st.config.server.allowed_origins;
-    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
         return Ok(());
     }
     let host = req
@@ -179,7 +189,12 @@ struct HelloLimits {
     max_frame_bytes: usize,
 }
 
-async fn run_session(st: &AppState, io: TokioIo<hyper::upgrade::Upgraded>, me: Identity, peer: SocketAddr) {
+async fn run_session(
+    st: &AppState,
+    io: TokioIo<hyper::upgrade::Upgraded>,
+    me: Identity,
+    peer: SocketAddr,
+) {
     // Take the TCP stream back from hyper: owned halves need no lock between reader and writer.
     let parts = match io.into_inner().downcast::<TokioIo<TcpStream>>() {
         Ok(p) => p,
@@ -285,21 +300,33 @@ async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
         }
         let mut wrote = false;
         if let Some(p) = pong.take() {
-            if tx.write_frame(Frame::pong(Payload::Owned(p))).await.is_err() {
+            if tx
+                .write_frame(Frame::pong(Payload::Owned(p)))
+                .await
+                .is_err()
+            {
                 return;
             }
             wrote = true;
         }
         if send_ping {
             send_ping = false;
-            if tx.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await.is_err() {
+            if tx
+                .write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")))
+                .await
+                .is_err()
+            {
                 return;
             }
             wrote = true;
         }
         let frames = batch.len() as u64;
         for b in batch.drain(..) {
-            if tx.write_frame(Frame::text(Payload::Borrowed(&b))).await.is_err() {
+            if tx
+                .write_frame(Frame::text(Payload::Borrowed(&b)))
+                .await
+                .is_err()
+            {
                 return;
             }
             wrote = true;
@@ -365,45 +392,72 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
         f.fmt_head(&mut head);
         if head[1] & 0x80 == 0 {
             // RFC 6455 §5.1: a server must close on an unmasked client frame.
-            let _ = ctrl.send(Control::Close(close::PROTOCOL_ERROR, "client frames must be masked")).await;
+            let _ = ctrl
+                .send(Control::Close(
+                    close::PROTOCOL_ERROR,
+                    "client frames must be masked",
+                ))
+                .await;
             return;
         }
         match f.opcode {
             OpCode::Text if f.fin => {
                 if partial.is_some() {
-                    let _ = ctrl.send(Control::Close(close::PROTOCOL_ERROR, "expected a continuation frame")).await;
+                    let _ = ctrl
+                        .send(Control::Close(
+                            close::PROTOCOL_ERROR,
+                            "expected a continuation frame",
+                        ))
+                        .await;
                     return;
                 }
                 handle_text(st, conn, &f.payload).await;
             }
             OpCode::Text => {
                 if partial.is_some() {
-                    let _ = ctrl.send(Control::Close(close::PROTOCOL_ERROR, "expected a continuation frame")).await;
+                    let _ = ctrl
+                        .send(Control::Close(
+                            close::PROTOCOL_ERROR,
+                            "expected a continuation frame",
+                        ))
+                        .await;
                     return;
                 }
                 partial = Some(f.payload.to_vec());
             }
             OpCode::Continuation => {
                 let Some(buf) = partial.as_mut() else {
-                    let _ = ctrl.send(Control::Close(close::PROTOCOL_ERROR, "unexpected continuation frame")).await;
+                    let _ = ctrl
+                        .send(Control::Close(
+                            close::PROTOCOL_ERROR,
+                            "unexpected continuation frame",
+                        ))
+                        .await;
                     return;
                 };
                 if buf.len() + f.payload.len() > max {
-                    let _ = ctrl.send(Control::Close(close::TOO_BIG, "message too large")).await;
+                    let _ = ctrl
+                        .send(Control::Close(close::TOO_BIG, "message too large"))
+                        .await;
                     return;
                 }
                 buf.extend_from_slice(&f.payload);
                 if f.fin {
                     let whole = partial.take().unwrap_or_default();
                     if std::str::from_utf8(&whole).is_err() {
-                        let _ = ctrl.send(Control::Close(close::INVALID_DATA, "invalid UTF-8")).await;
+                        let _ = ctrl
+                            .send(Control::Close(close::INVALID_DATA, "invalid UTF-8"))
+                            .await;
                         return;
                     }
                     handle_text(st, conn, &whole).await;
                 }
             }
             OpCode::Binary => {
-                let e = WireError::new(ErrorCode::InvalidPayload, "binary frames are not supported; send JSON text frames");
+                let e = WireError::new(
+                    ErrorCode::InvalidPayload,
+                    "binary frames are not supported; send JSON text frames",
+                );
                 st.metrics.error(e.code);
                 conn.outbox.push(protocol::error(None, &e));
             }
@@ -479,22 +533,34 @@ async fn dispatch(
         }
         "edit_message" => {
             let d: protocol::EditMessage = protocol::parse_data(data)?;
-            let m = hub.edit_message(user, d.room_id, d.message_id, d.content).await.map_err(chat)?;
+            let m = hub
+                .edit_message(user, d.room_id, d.message_id, d.content)
+                .await
+                .map_err(chat)?;
             ack(serde_json::json!({ "message": m }))
         }
         "delete_message" => {
             let d: protocol::MessageRef = protocol::parse_data(data)?;
-            let m = hub.delete_message(user, d.room_id, d.message_id).await.map_err(chat)?;
+            let m = hub
+                .delete_message(user, d.room_id, d.message_id)
+                .await
+                .map_err(chat)?;
             ack(serde_json::json!({ "message": m }))
         }
         "history" => {
             let d: protocol::History = protocol::parse_data(data)?;
-            let page = hub.history(user, d.room_id, d.before, d.after, d.limit).await.map_err(chat)?;
+            let page = hub
+                .history(user, d.room_id, d.before, d.after, d.limit)
+                .await
+                .map_err(chat)?;
             Ok(Some(protocol::ack(reference, &page)))
         }
         "create_room" => {
             let d: protocol::CreateRoom = protocol::parse_data(data)?;
-            let room = hub.create_room(user, &d.name, &d.topic, d.visibility).await.map_err(chat)?;
+            let room = hub
+                .create_room(user, &d.name, &d.topic, d.visibility)
+                .await
+                .map_err(chat)?;
             ack(serde_json::json!({ "room": room }))
         }
         "list_rooms" => {
@@ -512,7 +578,9 @@ async fn dispatch(
         }
         "invite" => {
             let d: protocol::Invite = protocol::parse_data(data)?;
-            hub.invite(user, d.room_id, &d.user_id).await.map_err(chat)?;
+            hub.invite(user, d.room_id, &d.user_id)
+                .await
+                .map_err(chat)?;
             ack(serde_json::json!({}))
         }
         "leave_room" => {

@@ -34,7 +34,10 @@ pub enum StoreError {
     #[error("database: {0}")]
     Db(#[from] redb::Error),
     #[error("corrupt record in {table}: {message}")]
-    Corrupt { table: &'static str, message: String },
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
     #[error("database schema version {found} is newer than this binary's {supported}")]
     SchemaTooNew { found: u64, supported: u64 },
     #[error("i/o: {0}")]

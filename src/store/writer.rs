@@ -70,13 +70,24 @@ pub enum WriteOp {
 /// What a write did.
 #[derive(Debug)]
 pub enum WriteOutput {
-    Appended { message: Message, duplicate: bool },
+    Appended {
+        message: Message,
+        duplicate: bool,
+    },
     MessageChanged(Message),
-    RoomCreated { room: Room, owner: Member },
+    RoomCreated {
+        room: Room,
+        owner: Member,
+    },
     /// `added` is false when the user was already a member.
-    MemberAdded { member: Member, added: bool },
+    MemberAdded {
+        member: Member,
+        added: bool,
+    },
     /// `removed` is false when the user was not a member.
-    MemberRemoved { removed: bool },
+    MemberRemoved {
+        removed: bool,
+    },
     Dm {
         room: Room,
         /// Members that were (re)added by this call.
@@ -104,7 +115,13 @@ pub(super) fn spawn(
     Ok(handle)
 }
 
-fn run(db: &Database, rx: &Receiver<Job>, mut ids: IdGenerator, max_batch: usize, metrics: &Metrics) {
+fn run(
+    db: &Database,
+    rx: &Receiver<Job>,
+    mut ids: IdGenerator,
+    max_batch: usize,
+    metrics: &Metrics,
+) {
     let mut batch: Vec<(WriteOp, Completion)> = Vec::with_capacity(max_batch);
     let mut stopping = false;
     while !stopping {
@@ -129,7 +146,9 @@ fn run(db: &Database, rx: &Receiver<Job>, mut ids: IdGenerator, max_batch: usize
         let (ops, dones): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
         let results = commit_batch(db, &mut ids, ops);
         metrics.commit_batch_size.observe(n as f64);
-        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         for (done, result) in dones.into_iter().zip(results) {
             done(result);
         }
@@ -156,9 +175,7 @@ fn commit_batch(
         tracing::error!(error = %e, writes = n, "storage commit failed");
         let msg = e.to_string();
         (0..n)
-            .map(|_| {
-                Err(StoreError::Io(std::io::Error::other(msg.clone())))
-            })
+            .map(|_| Err(StoreError::Io(std::io::Error::other(msg.clone()))))
             .collect()
     };
     let mut txn = match db.begin_write() {
@@ -242,7 +259,11 @@ fn new_member(user: UserId, role: Role) -> Member {
     }
 }
 
-fn apply(t: &mut Tables<'_>, ids: &mut IdGenerator, op: WriteOp) -> Result<WriteOutput, StoreError> {
+fn apply(
+    t: &mut Tables<'_>,
+    ids: &mut IdGenerator,
+    op: WriteOp,
+) -> Result<WriteOutput, StoreError> {
     match op {
         WriteOp::AppendMessage {
             room,
@@ -406,7 +427,9 @@ fn apply(t: &mut Tables<'_>, ids: &mut IdGenerator, op: WriteOp) -> Result<Write
             Ok(WriteOutput::Dm { room, added })
         }
         WriteOp::CreateAccount { username, account } => {
-            if t.accounts.get(username.as_str())?.is_some() || t.users.get(username.as_str())?.is_some() {
+            if t.accounts.get(username.as_str())?.is_some()
+                || t.users.get(username.as_str())?.is_some()
+            {
                 return Err(StoreError::Conflict);
             }
             t.accounts

@@ -23,8 +23,17 @@ struct WriterLog {
 }
 
 /// Sends up to `PER_WRITER` messages with `WINDOW` in flight until the connection dies.
-async fn writer(mut c: Client, room: String, writer: usize, acks: mpsc::UnboundedSender<()>) -> WriterLog {
-    let mut log = WriterLog { writer, acked: Vec::new(), unacked: Vec::new() };
+async fn writer(
+    mut c: Client,
+    room: String,
+    writer: usize,
+    acks: mpsc::UnboundedSender<()>,
+) -> WriterLog {
+    let mut log = WriterLog {
+        writer,
+        acked: Vec::new(),
+        unacked: Vec::new(),
+    };
     let mut in_flight: std::collections::VecDeque<(String, String)> = Default::default();
     let mut next = 0;
     let mut alive = true;
@@ -32,7 +41,8 @@ async fn writer(mut c: Client, room: String, writer: usize, acks: mpsc::Unbounde
         while alive && in_flight.len() < WINDOW && next < PER_WRITER {
             let cmid = format!("w{writer}-{next}");
             next += 1;
-            let data = json!({"room_id": room, "client_msg_id": cmid, "type": "text", "content": cmid});
+            let data =
+                json!({"room_id": room, "client_msg_id": cmid, "type": "text", "content": cmid});
             match c.try_send_request("send_message", data).await {
                 Ok(r) => in_flight.push_back((r, cmid)),
                 Err(_) => {
@@ -41,14 +51,22 @@ async fn writer(mut c: Client, room: String, writer: usize, acks: mpsc::Unbounde
                 }
             }
         }
-        let Some((r, cmid)) = in_flight.pop_front() else { break };
+        let Some((r, cmid)) = in_flight.pop_front() else {
+            break;
+        };
         match c.try_reply(&r, TIMEOUT).await {
             Ok(Ok(ack)) => {
-                assert_eq!(ack["message"]["client_msg_id"], cmid.as_str(), "the ack answers its request");
+                assert_eq!(
+                    ack["message"]["client_msg_id"],
+                    cmid.as_str(),
+                    "the ack answers its request"
+                );
                 log.acked.push((cmid, ack["message"].clone()));
                 let _ = acks.send(());
             }
-            Ok(Err((code, message))) => panic!("writer {writer}: send_message {cmid} failed: {code}: {message}"),
+            Ok(Err((code, message))) => {
+                panic!("writer {writer}: send_message {cmid} failed: {code}: {message}")
+            }
             Err(Stop::Closed(_)) => {
                 log.unacked.push(cmid);
                 alive = false;
@@ -56,7 +74,8 @@ async fn writer(mut c: Client, room: String, writer: usize, acks: mpsc::Unbounde
             Err(Stop::Timeout) => panic!("writer {writer}: no ack for {cmid} within {TIMEOUT:?}"),
         }
     }
-    log.unacked.extend(in_flight.into_iter().map(|(_, cmid)| cmid));
+    log.unacked
+        .extend(in_flight.into_iter().map(|(_, cmid)| cmid));
     log
 }
 
@@ -65,10 +84,17 @@ fn index_history(history: &[Value]) -> HashMap<(String, String), Value> {
     let mut ids = HashSet::new();
     let mut by_key = HashMap::new();
     for m in history {
-        assert!(ids.insert(id_of(&m["id"])), "message id {} appears twice in history", m["id"]);
+        assert!(
+            ids.insert(id_of(&m["id"])),
+            "message id {} appears twice in history",
+            m["id"]
+        );
         let key = (
             m["sender_id"].as_str().expect("sender_id").to_string(),
-            m["client_msg_id"].as_str().expect("client_msg_id").to_string(),
+            m["client_msg_id"]
+                .as_str()
+                .expect("client_msg_id")
+                .to_string(),
         );
         if let Some(first) = by_key.insert(key.clone(), m.clone()) {
             panic!("client_msg_id {key:?} is stored twice: {first} and {m}");
@@ -111,11 +137,16 @@ async fn acked_messages_survive_kill_9_exactly_once() {
 
     let mut logs = Vec::new();
     for h in handles {
-        let log = tokio::time::timeout(TIMEOUT, h).await.expect("a writer stops once the server is gone");
+        let log = tokio::time::timeout(TIMEOUT, h)
+            .await
+            .expect("a writer stops once the server is gone");
         logs.push(log.expect("writer task"));
     }
     let acked_total: usize = logs.iter().map(|l| l.acked.len()).sum();
-    assert!(acked_total >= KILL_AFTER_ACKS, "the kill came after {KILL_AFTER_ACKS} acks, counted {acked_total}");
+    assert!(
+        acked_total >= KILL_AFTER_ACKS,
+        "the kill came after {KILL_AFTER_ACKS} acks, counted {acked_total}"
+    );
 
     server.restart();
     let history = server.full_history(&room, &tokens[0]).await;
@@ -125,7 +156,12 @@ async fn acked_messages_survive_kill_9_exactly_once() {
         for (cmid, acked) in &log.acked {
             let found = stored
                 .get(&(user.clone(), cmid.clone()))
-                .unwrap_or_else(|| panic!("acked message {user}/{cmid} ({}) is missing after kill -9", acked["id"]));
+                .unwrap_or_else(|| {
+                    panic!(
+                        "acked message {user}/{cmid} ({}) is missing after kill -9",
+                        acked["id"]
+                    )
+                });
             assert_eq!(found, acked, "the stored message equals its ack");
         }
     }
@@ -135,19 +171,37 @@ async fn acked_messages_survive_kill_9_exactly_once() {
         let user = &users[log.writer];
         let mut c = Client::connect(&server, &tokens[log.writer]).await;
         for cmid in &log.unacked {
-            let ack = c.send_message(&room, cmid, cmid).await.expect("re-sending after restart is acked");
+            let ack = c
+                .send_message(&room, cmid, cmid)
+                .await
+                .expect("re-sending after restart is acked");
             match stored.get(&(user.clone(), cmid.clone())) {
                 Some(before) => {
-                    assert_eq!(ack["duplicate"], true, "{user}/{cmid} was stored before its ack was lost");
-                    assert_eq!(&ack["message"], before, "the re-send returns the stored message");
+                    assert_eq!(
+                        ack["duplicate"], true,
+                        "{user}/{cmid} was stored before its ack was lost"
+                    );
+                    assert_eq!(
+                        &ack["message"], before,
+                        "the re-send returns the stored message"
+                    );
                 }
-                None => assert_eq!(ack["duplicate"], false, "{user}/{cmid} was not stored before"),
+                None => assert_eq!(
+                    ack["duplicate"], false,
+                    "{user}/{cmid} was not stored before"
+                ),
             }
         }
         for (cmid, acked) in log.acked.iter().take(2) {
-            let ack = c.send_message(&room, cmid, cmid).await.expect("re-sending an acked message");
+            let ack = c
+                .send_message(&room, cmid, cmid)
+                .await
+                .expect("re-sending an acked message");
             assert_eq!(ack["duplicate"], true);
-            assert_eq!(&ack["message"], acked, "a re-send after restart returns the original");
+            assert_eq!(
+                &ack["message"], acked,
+                "a re-send after restart returns the original"
+            );
         }
     }
 
@@ -156,11 +210,18 @@ async fn acked_messages_survive_kill_9_exactly_once() {
     for log in &logs {
         let user = &users[log.writer];
         for cmid in log.unacked.iter().chain(log.acked.iter().map(|(c, _)| c)) {
-            assert!(stored.contains_key(&(user.clone(), cmid.clone())), "{user}/{cmid} is in history once");
+            assert!(
+                stored.contains_key(&(user.clone(), cmid.clone())),
+                "{user}/{cmid} is in history once"
+            );
         }
     }
     let expected: usize = logs.iter().map(|l| l.acked.len() + l.unacked.len()).sum();
-    assert_eq!(stored.len(), expected, "history holds each acked or re-sent message exactly once");
+    assert_eq!(
+        stored.len(),
+        expected,
+        "history holds each acked or re-sent message exactly once"
+    );
 }
 
 /// A user's view: their rooms, and each room's members and whole history.
@@ -172,9 +233,14 @@ async fn snapshot(server: &Server, token: &str) -> Vec<(Value, Vec<Value>, Vec<V
     let mut out = Vec::new();
     for room in rooms {
         let id = room["id"].as_str().expect("room.id").to_string();
-        let members = server.get(&format!("/api/rooms/{id}/members"), Some(token)).await;
+        let members = server
+            .get(&format!("/api/rooms/{id}/members"), Some(token))
+            .await;
         assert_eq!(members.status, 200, "GET members: {}", members.text);
-        let mut members = members.json["members"].as_array().expect("members array").clone();
+        let mut members = members.json["members"]
+            .as_array()
+            .expect("members array")
+            .clone();
         members.sort_by(|a, b| a["user_id"].as_str().cmp(&b["user_id"].as_str()));
         let history = server.full_history(&id, token).await;
         out.push((room, members, history));
@@ -208,10 +274,19 @@ async fn everything_survives_a_clean_restart() {
         }
     }
     let edited = bob.say(&team, "to be edited").await;
-    bob.ok("edit_message", json!({"room_id": team, "message_id": edited["id"], "content": "edited"})).await;
+    bob.ok(
+        "edit_message",
+        json!({"room_id": team, "message_id": edited["id"], "content": "edited"}),
+    )
+    .await;
     let deleted = bob.say(&team, "to be deleted").await;
     last_id = last_id.max(id_of(&deleted["id"]));
-    alice.ok("delete_message", json!({"room_id": team, "message_id": deleted["id"]})).await;
+    alice
+        .ok(
+            "delete_message",
+            json!({"room_id": team, "message_id": deleted["id"]}),
+        )
+        .await;
 
     let before_alice = snapshot(&server, &alice_token).await;
     let before_bob = snapshot(&server, &bob_token).await;
@@ -219,20 +294,47 @@ async fn everything_survives_a_clean_restart() {
     assert_eq!(before_bob.len(), 3, "bob is in three rooms");
 
     server.sigterm();
-    assert_eq!(alice.expect_close(TIMEOUT).await, Some(1001), "alice is told the server is going away");
-    assert_eq!(bob.expect_close(TIMEOUT).await, Some(1001), "bob is told the server is going away");
+    assert_eq!(
+        alice.expect_close(TIMEOUT).await,
+        Some(1001),
+        "alice is told the server is going away"
+    );
+    assert_eq!(
+        bob.expect_close(TIMEOUT).await,
+        Some(1001),
+        "bob is told the server is going away"
+    );
     drop(alice);
     drop(bob);
     let status = server.wait_exit(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(0), "a clean shutdown exits 0: {status}; output:\n{}", server.output());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a clean shutdown exits 0: {status}; output:\n{}",
+        server.output()
+    );
 
     server.restart();
-    assert_eq!(snapshot(&server, &alice_token).await, before_alice, "alice's rooms after the restart");
-    assert_eq!(snapshot(&server, &bob_token).await, before_bob, "bob's rooms after the restart");
+    assert_eq!(
+        snapshot(&server, &alice_token).await,
+        before_alice,
+        "alice's rooms after the restart"
+    );
+    assert_eq!(
+        snapshot(&server, &bob_token).await,
+        before_bob,
+        "bob's rooms after the restart"
+    );
 
     let mut alice = Client::connect(&server, &alice_token).await;
     let mut bob = Client::connect(&server, &bob_token).await;
     let after = alice.say(&team, "after the restart").await;
-    assert!(id_of(&after["id"]) > last_id, "ids keep growing across restarts");
-    assert_eq!(bob.next_message_where(|m| m["id"] == after["id"]).await, after);
+    assert!(
+        id_of(&after["id"]) > last_id,
+        "ids keep growing across restarts"
+    );
+    assert_eq!(
+        bob.next_message_where(|m| m["id"] == after["id"]).await,
+        after
+    );
 }

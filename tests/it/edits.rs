@@ -35,24 +35,39 @@ async fn edits_and_soft_deletes_over_websocket() {
     let id = original["id"].clone();
 
     let ack = bob
-        .ok("edit_message", json!({"room_id": room, "message_id": id, "content": "final text"}))
+        .ok(
+            "edit_message",
+            json!({"room_id": room, "message_id": id, "content": "final text"}),
+        )
         .await;
     let edited = ack["message"].clone();
     assert_eq!(edited["id"], id);
     assert_eq!(edited["content"], "final text");
-    assert_eq!(edited["created_at"], original["created_at"], "editing keeps created_at");
+    assert_eq!(
+        edited["created_at"], original["created_at"],
+        "editing keeps created_at"
+    );
     assert!(
-        edited["edited_at"].as_u64().is_some_and(|t| t >= original["created_at"].as_u64().unwrap_or(u64::MAX)),
+        edited["edited_at"]
+            .as_u64()
+            .is_some_and(|t| t >= original["created_at"].as_u64().unwrap_or(u64::MAX)),
         "edited_at is set: {edited}"
     );
     assert_eq!(edited["deleted_at"], Value::Null);
-    for (who, client) in [("alice", &mut alice), ("bob", &mut bob), ("carol", &mut carol)] {
+    for (who, client) in [
+        ("alice", &mut alice),
+        ("bob", &mut bob),
+        ("carol", &mut carol),
+    ] {
         let updated = client.next_event("message_updated").await;
         assert_eq!(updated["message"], edited, "{who} hears the edit");
     }
 
     for (event, data) in [
-        ("edit_message", json!({"room_id": room, "message_id": id, "content": "mine now"})),
+        (
+            "edit_message",
+            json!({"room_id": room, "message_id": id, "content": "mine now"}),
+        ),
         ("delete_message", json!({"room_id": room, "message_id": id})),
     ] {
         match carol.request(event, data).await {
@@ -60,28 +75,53 @@ async fn edits_and_soft_deletes_over_websocket() {
             Ok(ack) => panic!("carol may not {event} bob's message, got {ack}"),
         }
     }
-    match bob.request("edit_message", json!({"room_id": room, "message_id": id, "content": "  "})).await {
+    match bob
+        .request(
+            "edit_message",
+            json!({"room_id": room, "message_id": id, "content": "  "}),
+        )
+        .await
+    {
         Err((code, _)) => assert_eq!(code, "invalid_payload", "an edit to whitespace only"),
         Ok(ack) => panic!("an edit to whitespace only should be refused, got {ack}"),
     }
 
-    let ack = alice.ok("delete_message", json!({"room_id": room, "message_id": id})).await;
+    let ack = alice
+        .ok("delete_message", json!({"room_id": room, "message_id": id}))
+        .await;
     let deleted = ack["message"].clone();
     assert_eq!(deleted["id"], id, "a deleted message keeps its id");
-    assert_eq!(deleted["content"], "", "a deleted message has empty content");
-    assert!(deleted["deleted_at"].is_u64(), "deleted_at is set: {deleted}");
+    assert_eq!(
+        deleted["content"], "",
+        "a deleted message has empty content"
+    );
+    assert!(
+        deleted["deleted_at"].is_u64(),
+        "deleted_at is set: {deleted}"
+    );
     assert_eq!(deleted["sender_id"], "bob");
-    for (who, client) in [("alice", &mut alice), ("bob", &mut bob), ("carol", &mut carol)] {
+    for (who, client) in [
+        ("alice", &mut alice),
+        ("bob", &mut bob),
+        ("carol", &mut carol),
+    ] {
         let got = client.next_event("message_deleted").await;
         assert_eq!(got["message"], deleted, "{who} hears the delete");
     }
     for client in [&mut alice, &mut bob, &mut carol] {
         let (messages, _) = client.history(json!({"room_id": room})).await;
-        assert_eq!(find(&messages, &id), &deleted, "history shows the deleted record");
+        assert_eq!(
+            find(&messages, &id),
+            &deleted,
+            "history shows the deleted record"
+        );
     }
 
     for (event, data) in [
-        ("edit_message", json!({"room_id": room, "message_id": id, "content": "again"})),
+        (
+            "edit_message",
+            json!({"room_id": room, "message_id": id, "content": "again"}),
+        ),
         ("delete_message", json!({"room_id": room, "message_id": id})),
     ] {
         match bob.request(event, data).await {
@@ -89,7 +129,13 @@ async fn edits_and_soft_deletes_over_websocket() {
             Ok(ack) => panic!("{event} on a deleted message should be not_found, got {ack}"),
         }
     }
-    match bob.request("edit_message", json!({"room_id": room, "message_id": "12345", "content": "x"})).await {
+    match bob
+        .request(
+            "edit_message",
+            json!({"room_id": room, "message_id": "12345", "content": "x"}),
+        )
+        .await
+    {
         Err((code, _)) => assert_eq!(code, "not_found", "editing a message that does not exist"),
         Ok(ack) => panic!("editing a message that does not exist should be not_found, got {ack}"),
     }
@@ -106,30 +152,55 @@ async fn edits_and_soft_deletes_over_rest() {
     let id = sent["id"].as_str().expect("id").to_string();
     let path = format!("/api/rooms/{room}/messages/{id}");
 
-    let r = server.patch(&path, Some(&bob_token), &json!({"content": "fixed"})).await;
+    let r = server
+        .patch(&path, Some(&bob_token), &json!({"content": "fixed"}))
+        .await;
     assert_eq!(r.status, 200, "PATCH by the sender: {}", r.text);
     assert_eq!(r.json["message"]["content"], "fixed");
-    assert_eq!(alice.next_event("message_updated").await["message"], r.json["message"]);
+    assert_eq!(
+        alice.next_event("message_updated").await["message"],
+        r.json["message"]
+    );
 
     server
         .patch(&path, Some(&carol_token), &json!({"content": "hijacked"}))
         .await
         .assert_error(403, "forbidden", "PATCH by another member");
-    server.delete(&path, Some(&carol_token)).await.assert_error(403, "forbidden", "DELETE by another member");
+    server.delete(&path, Some(&carol_token)).await.assert_error(
+        403,
+        "forbidden",
+        "DELETE by another member",
+    );
     let outsider = server.token("mallory", None);
-    server.delete(&path, Some(&outsider)).await.assert_error(404, "not_found", "DELETE by a non-member");
+    server.delete(&path, Some(&outsider)).await.assert_error(
+        404,
+        "not_found",
+        "DELETE by a non-member",
+    );
 
     let r = server.delete(&path, Some(&bob_token)).await;
     assert_eq!(r.status, 200, "DELETE by the sender: {}", r.text);
     assert_eq!(r.json["message"]["content"], "");
     assert!(r.json["message"]["deleted_at"].is_u64(), "{}", r.text);
-    assert_eq!(alice.next_event("message_deleted").await["message"], r.json["message"]);
+    assert_eq!(
+        alice.next_event("message_deleted").await["message"],
+        r.json["message"]
+    );
 
-    let history = server.get(&format!("/api/rooms/{room}/messages"), Some(&carol_token)).await;
+    let history = server
+        .get(&format!("/api/rooms/{room}/messages"), Some(&carol_token))
+        .await;
     assert_eq!(history.status, 200, "{}", history.text);
-    let messages = history.json["messages"].as_array().expect("messages").clone();
+    let messages = history.json["messages"]
+        .as_array()
+        .expect("messages")
+        .clone();
     let m = find(&messages, &json!(id));
-    assert_eq!((m["content"].as_str(), m["deleted_at"].is_u64()), (Some(""), true), "REST history: {m}");
+    assert_eq!(
+        (m["content"].as_str(), m["deleted_at"].is_u64()),
+        (Some(""), true),
+        "REST history: {m}"
+    );
     server
         .patch(&path, Some(&bob_token), &json!({"content": "resurrect"}))
         .await

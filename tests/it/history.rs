@@ -30,20 +30,37 @@ async fn send_batches(client: &mut Client, room: &str, tag: &str, count: usize) 
 
 /// Checks one page: at most `PAGE` messages, all of the room, strictly newest first.
 fn page_ids(page: &[Value], room: &str) -> Vec<u64> {
-    assert!(page.len() <= PAGE, "a page holds at most `limit` messages, got {}", page.len());
+    assert!(
+        page.len() <= PAGE,
+        "a page holds at most `limit` messages, got {}",
+        page.len()
+    );
     let ids: Vec<u64> = page
         .iter()
         .map(|m| {
-            assert_eq!(m["room_id"], room, "a message of another room in the page: {m}");
+            assert_eq!(
+                m["room_id"], room,
+                "a message of another room in the page: {m}"
+            );
             id_of(&m["id"])
         })
         .collect();
-    assert!(ids.windows(2).all(|w| w[0] > w[1]), "a page is newest first, without repeats: {ids:?}");
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "a page is newest first, without repeats: {ids:?}"
+    );
     ids
 }
 
 /// Fetches one page over REST or WebSocket.
-async fn fetch(server: &Server, client: &mut Client, token: &str, over_ws: bool, room: &str, cursor: Option<(&str, u64)>) -> (Vec<Value>, bool) {
+async fn fetch(
+    server: &Server,
+    client: &mut Client,
+    token: &str,
+    over_ws: bool,
+    room: &str,
+    cursor: Option<(&str, u64)>,
+) -> (Vec<Value>, bool) {
     if over_ws {
         let mut data = json!({"room_id": room, "limit": PAGE});
         if let Some((key, id)) = cursor {
@@ -57,24 +74,48 @@ async fn fetch(server: &Server, client: &mut Client, token: &str, over_ws: bool,
         }
         let r = server.get(&path, Some(token)).await;
         assert_eq!(r.status, 200, "GET {path}: {}", r.text);
-        let messages = r.json["messages"].as_array().expect("messages array").clone();
-        (messages, r.json["has_more"].as_bool().expect("has_more bool"))
+        let messages = r.json["messages"]
+            .as_array()
+            .expect("messages array")
+            .clone();
+        (
+            messages,
+            r.json["has_more"].as_bool().expect("has_more bool"),
+        )
     }
 }
 
 /// Walks from the newest page to the oldest with `before`.
-async fn walk_backward(server: &Server, client: &mut Client, token: &str, over_ws: bool, room: &str) -> Vec<u64> {
+async fn walk_backward(
+    server: &Server,
+    client: &mut Client,
+    token: &str,
+    over_ws: bool,
+    room: &str,
+) -> Vec<u64> {
     let mut seen = Vec::new();
     let mut cursor: Option<u64> = None;
     for page_no in 0..=TOTAL / PAGE + 1 {
-        let (page, has_more) = fetch(server, client, token, over_ws, room, cursor.map(|c| ("before", c))).await;
+        let (page, has_more) = fetch(
+            server,
+            client,
+            token,
+            over_ws,
+            room,
+            cursor.map(|c| ("before", c)),
+        )
+        .await;
         let ids = page_ids(&page, room);
         if let (Some(c), Some(first)) = (cursor, ids.first()) {
             assert!(*first < c, "`before` gives ids below the cursor");
         }
         seen.extend(&ids);
         let full_pages = TOTAL / PAGE;
-        assert_eq!(has_more, page_no + 1 < full_pages, "has_more on backward page {page_no} (over_ws={over_ws})");
+        assert_eq!(
+            has_more,
+            page_no + 1 < full_pages,
+            "has_more on backward page {page_no} (over_ws={over_ws})"
+        );
         if !has_more {
             return seen;
         }
@@ -86,19 +127,42 @@ async fn walk_backward(server: &Server, client: &mut Client, token: &str, over_w
 
 /// Walks from `start` (exclusive) towards the newest with `after`, asking again with the newest id
 /// of each page.
-async fn walk_forward(server: &Server, client: &mut Client, token: &str, over_ws: bool, room: &str, start: u64) -> Vec<u64> {
+async fn walk_forward(
+    server: &Server,
+    client: &mut Client,
+    token: &str,
+    over_ws: bool,
+    room: &str,
+    start: u64,
+) -> Vec<u64> {
     let mut seen = Vec::new();
     let mut cursor = start;
     for page_no in 0..=TOTAL / PAGE + 1 {
-        let (page, has_more) = fetch(server, client, token, over_ws, room, Some(("after", cursor))).await;
+        let (page, has_more) = fetch(
+            server,
+            client,
+            token,
+            over_ws,
+            room,
+            Some(("after", cursor)),
+        )
+        .await;
         let mut ids = page_ids(&page, room);
         if let Some(last) = ids.last() {
             assert!(*last > cursor, "`after` gives ids above the cursor");
         }
         // Remaining after this page: TOTAL - 1 (the start is excluded) - already seen.
         let remaining = TOTAL - 1 - seen.len();
-        assert_eq!(ids.len(), remaining.min(PAGE), "forward page {page_no} holds the oldest `limit` after the cursor");
-        assert_eq!(has_more, remaining > PAGE, "has_more on forward page {page_no} (over_ws={over_ws})");
+        assert_eq!(
+            ids.len(),
+            remaining.min(PAGE),
+            "forward page {page_no} holds the oldest `limit` after the cursor"
+        );
+        assert_eq!(
+            has_more,
+            remaining > PAGE,
+            "has_more on forward page {page_no} (over_ws={over_ws})"
+        );
         let newest = ids.first().copied();
         ids.reverse();
         seen.extend(ids);
@@ -118,12 +182,23 @@ async fn a_thousand_messages_page_without_gap_or_repeat() {
     let alice_token = server.token("alice", Some("Alice"));
     let bob_token = server.token("bob", Some("Bob"));
     let created = server
-        .post("/api/rooms", Some(&alice_token), &json!({"name": "archive", "visibility": "private"}))
+        .post(
+            "/api/rooms",
+            Some(&alice_token),
+            &json!({"name": "archive", "visibility": "private"}),
+        )
         .await;
     assert_eq!(created.status, 201, "POST /api/rooms: {}", created.text);
-    let room = created.json["room"]["id"].as_str().expect("room.id").to_string();
+    let room = created.json["room"]["id"]
+        .as_str()
+        .expect("room.id")
+        .to_string();
     let invited = server
-        .post(&format!("/api/rooms/{room}/invite"), Some(&alice_token), &json!({"user_id": "bob"}))
+        .post(
+            &format!("/api/rooms/{room}/invite"),
+            Some(&alice_token),
+            &json!({"user_id": "bob"}),
+        )
         .await;
     assert_eq!(invited.status, 200, "POST invite: {}", invited.text);
 
@@ -140,22 +215,42 @@ async fn a_thousand_messages_page_without_gap_or_repeat() {
 
     // The default page is the newest 50; limits outside 1..=200 are refused.
     let (page, has_more) = alice.history(json!({"room_id": room})).await;
-    assert_eq!(page_ids(&page, &room), acked.iter().rev().take(50).copied().collect::<Vec<_>>());
+    assert_eq!(
+        page_ids(&page, &room),
+        acked.iter().rev().take(50).copied().collect::<Vec<_>>()
+    );
     assert!(has_more);
     for limit in [0, 201] {
-        match alice.request("history", json!({"room_id": room, "limit": limit})).await {
+        match alice
+            .request("history", json!({"room_id": room, "limit": limit}))
+            .await
+        {
             Err((code, _)) => assert_eq!(code, "invalid_payload", "history limit {limit}"),
-            Ok(ack) => panic!("history limit {limit} should be invalid_payload, got {} messages", ack["messages"]),
+            Ok(ack) => panic!(
+                "history limit {limit} should be invalid_payload, got {} messages",
+                ack["messages"]
+            ),
         }
     }
 
     for over_ws in [false, true] {
         let backward = walk_backward(&server, &mut alice, &alice_token, over_ws, &room).await;
         let newest_first: Vec<u64> = acked.iter().rev().copied().collect();
-        assert_eq!(backward.len(), TOTAL, "backward walk (over_ws={over_ws}) sees every message once");
-        assert_eq!(backward, newest_first, "backward walk (over_ws={over_ws}) matches the acked ids");
+        assert_eq!(
+            backward.len(),
+            TOTAL,
+            "backward walk (over_ws={over_ws}) sees every message once"
+        );
+        assert_eq!(
+            backward, newest_first,
+            "backward walk (over_ws={over_ws}) matches the acked ids"
+        );
 
         let forward = walk_forward(&server, &mut bob, &bob_token, over_ws, &room, acked[0]).await;
-        assert_eq!(forward, acked[1..].to_vec(), "forward walk (over_ws={over_ws}) matches the acked ids");
+        assert_eq!(
+            forward,
+            acked[1..].to_vec(),
+            "forward walk (over_ws={over_ws}) matches the acked ids"
+        );
     }
 }

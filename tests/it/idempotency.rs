@@ -30,7 +30,10 @@ async fn received_until(bob: &mut Client, marker: &Value) -> Vec<Value> {
 }
 
 fn count_cmid(messages: &[Value], sender: &str, cmid: &str) -> usize {
-    messages.iter().filter(|m| m["sender_id"] == sender && m["client_msg_id"] == cmid).count()
+    messages
+        .iter()
+        .filter(|m| m["sender_id"] == sender && m["client_msg_id"] == cmid)
+        .count()
 }
 
 /// Issue 2: the same client_msg_id sent three times gives one message in history, one broadcast,
@@ -40,26 +43,50 @@ async fn the_same_client_msg_id_three_times_stores_one_message() {
     let (server, room, mut alice, mut bob) = pair().await;
     let mut acks = Vec::new();
     for _ in 0..3 {
-        acks.push(alice.send_message(&room, "once-1", "only once").await.expect("send is acked"));
+        acks.push(
+            alice
+                .send_message(&room, "once-1", "only once")
+                .await
+                .expect("send is acked"),
+        );
     }
-    assert_eq!(acks[0]["duplicate"], false, "the first send is not a duplicate");
+    assert_eq!(
+        acks[0]["duplicate"], false,
+        "the first send is not a duplicate"
+    );
     assert_eq!(acks[1]["duplicate"], true, "the second send is a duplicate");
     assert_eq!(acks[2]["duplicate"], true, "the third send is a duplicate");
-    assert_eq!(acks[0]["message"], acks[1]["message"], "same message, same id and created_at");
-    assert_eq!(acks[0]["message"], acks[2]["message"], "same message, same id and created_at");
+    assert_eq!(
+        acks[0]["message"], acks[1]["message"],
+        "same message, same id and created_at"
+    );
+    assert_eq!(
+        acks[0]["message"], acks[2]["message"],
+        "same message, same id and created_at"
+    );
 
     let marker = alice.say(&room, "marker").await;
     let received = received_until(&mut bob, &marker).await;
-    assert_eq!(count_cmid(&received, "alice", "once-1"), 1, "bob received the message once: {received:?}");
+    assert_eq!(
+        count_cmid(&received, "alice", "once-1"),
+        1,
+        "bob received the message once: {received:?}"
+    );
 
     let (history, _) = alice.history(json!({"room_id": room})).await;
-    assert_eq!(count_cmid(&history, "alice", "once-1"), 1, "history holds it once");
+    assert_eq!(
+        count_cmid(&history, "alice", "once-1"),
+        1,
+        "history holds it once"
+    );
     assert_eq!(history.len(), 2, "history holds the message and the marker");
 
     // Over REST too, the retry returns the original.
     let token = server.token("alice", Some("Alice"));
     let body = json!({"client_msg_id": "once-1", "type": "text", "content": "only once"});
-    let r = server.post(&format!("/api/rooms/{room}/messages"), Some(&token), &body).await;
+    let r = server
+        .post(&format!("/api/rooms/{room}/messages"), Some(&token), &body)
+        .await;
     assert_eq!(r.status, 201, "POST messages retry: {}", r.text);
     assert_eq!(r.json["duplicate"], true);
     assert_eq!(r.json["message"], acks[0]["message"]);
@@ -69,7 +96,8 @@ async fn the_same_client_msg_id_three_times_stores_one_message() {
 #[tokio::test]
 async fn racing_retries_store_one_message() {
     let (_server, room, mut alice, _bob) = pair().await;
-    let data = json!({"room_id": room, "client_msg_id": "race-1", "type": "text", "content": "racing"});
+    let data =
+        json!({"room_id": room, "client_msg_id": "race-1", "type": "text", "content": "racing"});
     let mut refs = Vec::new();
     for _ in 0..3 {
         refs.push(alice.send_request("send_message", data.clone()).await);
@@ -84,9 +112,16 @@ async fn racing_retries_store_one_message() {
         messages.push(ack["message"].clone());
     }
     assert_eq!(firsts, 1, "exactly one ack is not a duplicate");
-    assert!(messages.iter().all(|m| *m == messages[0]), "all acks carry the same message: {messages:?}");
+    assert!(
+        messages.iter().all(|m| *m == messages[0]),
+        "all acks carry the same message: {messages:?}"
+    );
     let (history, _) = alice.history(json!({"room_id": room})).await;
-    assert_eq!(count_cmid(&history, "alice", "race-1"), 1, "history holds it once");
+    assert_eq!(
+        count_cmid(&history, "alice", "race-1"),
+        1,
+        "history holds it once"
+    );
 }
 
 /// Issue 2: a retry with other content still returns the original; the key is per sender, so bob
@@ -94,15 +129,35 @@ async fn racing_retries_store_one_message() {
 #[tokio::test]
 async fn the_key_is_per_sender_and_the_original_wins() {
     let (_server, room, mut alice, mut bob) = pair().await;
-    let original = alice.send_message(&room, "k-1", "original").await.expect("acked")["message"].clone();
-    let retry = alice.send_message(&room, "k-1", "changed my mind").await.expect("acked");
+    let original = alice
+        .send_message(&room, "k-1", "original")
+        .await
+        .expect("acked")["message"]
+        .clone();
+    let retry = alice
+        .send_message(&room, "k-1", "changed my mind")
+        .await
+        .expect("acked");
     assert_eq!(retry["duplicate"], true);
-    assert_eq!(retry["message"], original, "the retry returns the original message, content included");
+    assert_eq!(
+        retry["message"], original,
+        "the retry returns the original message, content included"
+    );
 
-    let bobs = bob.send_message(&room, "k-1", "bob's own").await.expect("acked");
-    assert_eq!(bobs["duplicate"], false, "another sender's key does not collide");
+    let bobs = bob
+        .send_message(&room, "k-1", "bob's own")
+        .await
+        .expect("acked");
+    assert_eq!(
+        bobs["duplicate"], false,
+        "another sender's key does not collide"
+    );
     assert_ne!(bobs["message"]["id"], original["id"]);
 
     let (history, _) = alice.history(json!({"room_id": room})).await;
-    assert_eq!(history.len(), 2, "alice's message once and bob's: {history:?}");
+    assert_eq!(
+        history.len(),
+        2,
+        "alice's message once and bob's: {history:?}"
+    );
 }

@@ -21,7 +21,11 @@ fn samples(text: &str) -> Vec<(String, f64)> {
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let server = Server::start();
-    assert_eq!(server.get("/healthz", None).await.status, 200, "GET /healthz");
+    assert_eq!(
+        server.get("/healthz", None).await.status,
+        200,
+        "GET /healthz"
+    );
     assert_eq!(server.get("/readyz", None).await.status, 200, "GET /readyz");
 
     let mut alice = server.connect("alice").await;
@@ -33,19 +37,30 @@ async fn health_readiness_and_metrics() {
     let metrics = server.get("/metrics", None).await;
     assert_eq!(metrics.status, 200, "GET /metrics");
     assert!(
-        metrics.content_type.starts_with("text/plain") || metrics.content_type.starts_with("application/openmetrics-text"),
+        metrics.content_type.starts_with("text/plain")
+            || metrics
+                .content_type
+                .starts_with("application/openmetrics-text"),
         "/metrics content type: {:?}",
         metrics.content_type
     );
-    assert!(metrics.text.contains("# TYPE"), "/metrics is Prometheus text:\n{}", metrics.text);
+    assert!(
+        metrics.text.contains("# TYPE"),
+        "/metrics is Prometheus text:\n{}",
+        metrics.text
+    );
     let samples = samples(&metrics.text);
     assert!(
-        samples.iter().any(|(name, v)| name.contains("connection") && *v >= 1.0),
+        samples
+            .iter()
+            .any(|(name, v)| name.contains("connection") && *v >= 1.0),
         "a connection metric counts the open connection:\n{}",
         metrics.text
     );
     assert!(
-        samples.iter().any(|(name, v)| name.contains("message") && *v >= 3.0),
+        samples
+            .iter()
+            .any(|(name, v)| name.contains("message") && *v >= 3.0),
         "a message counter counts the three messages:\n{}",
         metrics.text
     );
@@ -69,14 +84,31 @@ fn check_config_names_unknown_keys() {
         &[("CONFAB_LIMITS__MAX_MESSAGE_BYTES", "4096")],
     );
     for key in ["bogus_top", "bogus_key", "max_mesage_bytes"] {
-        assert!(out.contains(key), "check-config should name the unknown key {key}:\n{out}");
+        assert!(
+            out.contains(key),
+            "check-config should name the unknown key {key}:\n{out}"
+        );
     }
-    assert!(out.contains("127.0.0.1:9999"), "check-config shows the value from the file:\n{out}");
-    assert!(out.contains("4096"), "check-config shows the value from the environment:\n{out}");
+    assert!(
+        out.contains("127.0.0.1:9999"),
+        "check-config shows the value from the file:\n{out}"
+    );
+    assert!(
+        out.contains("4096"),
+        "check-config shows the value from the environment:\n{out}"
+    );
 
     let clean = dir.path().join("clean.toml");
     std::fs::write(&clean, "[server]\nlisten = \"127.0.0.1:9998\"\n").expect("write config");
-    let (ok, out) = run_cli(dir.path(), &["check-config", "--config", clean.to_str().expect("utf-8 path")], &[]);
+    let (ok, out) = run_cli(
+        dir.path(),
+        &[
+            "check-config",
+            "--config",
+            clean.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
     assert!(ok, "check-config of a valid file succeeds:\n{out}");
     assert!(!out.contains("bogus"), "{out}");
 }
@@ -87,7 +119,11 @@ fn version_is_printed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (ok, out) = run_cli(dir.path(), &["--version"], &[]);
     assert!(ok, "confab --version succeeds: {out}");
-    assert!(out.contains(env!("CARGO_PKG_VERSION")), "confab --version prints {}: {out}", env!("CARGO_PKG_VERSION"));
+    assert!(
+        out.contains(env!("CARGO_PKG_VERSION")),
+        "confab --version prints {}: {out}",
+        env!("CARGO_PKG_VERSION")
+    );
 }
 
 /// Issue 2: REST answers bodies that are not JSON with 400 `invalid_json` and unknown rooms with
@@ -97,18 +133,42 @@ async fn rest_errors_use_the_documented_codes() {
     let server = Server::start();
     let token = server.token("alice", Some("Alice"));
     let raw = server
-        .http_raw(hyper::Method::POST, "/api/rooms", Some(&token), &[], Some("{\"name\": ".into()))
+        .http_raw(
+            hyper::Method::POST,
+            "/api/rooms",
+            Some(&token),
+            &[],
+            Some("{\"name\": ".into()),
+        )
         .await;
-    raw.assert_error(400, "invalid_json", "POST /api/rooms with a body that is not JSON");
+    raw.assert_error(
+        400,
+        "invalid_json",
+        "POST /api/rooms with a body that is not JSON",
+    );
     server
         .post("/api/rooms", Some(&token), &json!({"name": 5}))
         .await
-        .assert_error(400, "invalid_payload", "POST /api/rooms with a name that is a number");
-    let created = server.post("/api/rooms", Some(&token), &json!({"name": "ok"})).await;
+        .assert_error(
+            400,
+            "invalid_payload",
+            "POST /api/rooms with a name that is a number",
+        );
+    let created = server
+        .post("/api/rooms", Some(&token), &json!({"name": "ok"}))
+        .await;
     assert_eq!(created.status, 201, "{}", created.text);
-    assert_eq!(created.json["room"]["visibility"], "private", "visibility defaults to private");
-    let room = created.json["room"]["id"].as_str().expect("room.id").to_string();
-    let got = server.get(&format!("/api/rooms/{room}"), Some(&token)).await;
+    assert_eq!(
+        created.json["room"]["visibility"], "private",
+        "visibility defaults to private"
+    );
+    let room = created.json["room"]["id"]
+        .as_str()
+        .expect("room.id")
+        .to_string();
+    let got = server
+        .get(&format!("/api/rooms/{room}"), Some(&token))
+        .await;
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(got.json["room"], created.json["room"]);
     server

@@ -36,18 +36,43 @@ async fn members_exchange_messages_and_an_outsider_sees_nothing() {
     let mut bob = server.connect("bob").await;
     let mut carol = Client::connect(&server, &carol_token).await;
     assert_eq!(alice.hello["user"], json!({"id": "alice", "name": "Alice"}));
-    assert!(alice.hello["connection_id"].is_string(), "hello.connection_id: {}", alice.hello);
-    assert!(alice.hello["server_time"].is_u64(), "hello.server_time: {}", alice.hello);
-    assert!(alice.hello["heartbeat_ms"].is_u64(), "hello.heartbeat_ms: {}", alice.hello);
-    assert_eq!(alice.hello["limits"]["max_message_bytes"], 16384, "hello.limits: {}", alice.hello);
-    assert_eq!(alice.hello["limits"]["max_frame_bytes"], 65536, "hello.limits: {}", alice.hello);
+    assert!(
+        alice.hello["connection_id"].is_string(),
+        "hello.connection_id: {}",
+        alice.hello
+    );
+    assert!(
+        alice.hello["server_time"].is_u64(),
+        "hello.server_time: {}",
+        alice.hello
+    );
+    assert!(
+        alice.hello["heartbeat_ms"].is_u64(),
+        "hello.heartbeat_ms: {}",
+        alice.hello
+    );
+    assert_eq!(
+        alice.hello["limits"]["max_message_bytes"], 16384,
+        "hello.limits: {}",
+        alice.hello
+    );
+    assert_eq!(
+        alice.hello["limits"]["max_frame_bytes"], 65536,
+        "hello.limits: {}",
+        alice.hello
+    );
 
     // A canary room shared by alice and carol: its last message tells carol that everything
     // alice did before it has been fanned out.
     let canary = alice.create_room("canary", "private").await;
     alice.invite(&canary, "carol").await;
 
-    let created = alice.ok("create_room", json!({"name": "secret", "visibility": "private"})).await;
+    let created = alice
+        .ok(
+            "create_room",
+            json!({"name": "secret", "visibility": "private"}),
+        )
+        .await;
     let room = &created["room"];
     let room_id = room["id"].as_str().expect("room.id").to_string();
     id_of(&room["id"]);
@@ -60,7 +85,11 @@ async fn members_exchange_messages_and_an_outsider_sees_nothing() {
 
     alice.invite(&room_id, "bob").await;
     let added = bob.next_event("room_added").await;
-    assert_eq!(added["room"]["id"], room_id.as_str(), "room_added names the room: {added}");
+    assert_eq!(
+        added["room"]["id"],
+        room_id.as_str(),
+        "room_added names the room: {added}"
+    );
     for client in [&mut alice, &mut bob] {
         let member = client.next_member_joined(&room_id, "bob").await;
         assert_eq!(member["role"], "member", "{member}");
@@ -80,7 +109,10 @@ async fn members_exchange_messages_and_an_outsider_sees_nothing() {
     assert_eq!(owner["name"], "Alice");
 
     // alice -> bob over WebSocket.
-    let ack = alice.send_message(&room_id, "hello-1", "hello bob").await.expect("alice sends");
+    let ack = alice
+        .send_message(&room_id, "hello-1", "hello bob")
+        .await
+        .expect("alice sends");
     assert_eq!(ack["duplicate"], false);
     let sent = ack["message"].clone();
     assert_message_shape(&sent);
@@ -103,7 +135,10 @@ async fn members_exchange_messages_and_an_outsider_sees_nothing() {
         )
         .await;
     assert_eq!(posted.status, 201, "POST messages: {}", posted.text);
-    assert_eq!(alice.next_event("receive_message").await["message"], posted.json["message"]);
+    assert_eq!(
+        alice.next_event("receive_message").await["message"],
+        posted.json["message"]
+    );
 
     // The outsider, over WebSocket: the private room and a room that does not exist look alike.
     let missing = "4611686018427387904";
@@ -132,7 +167,10 @@ async fn members_exchange_messages_and_an_outsider_sees_nothing() {
     for target in [room_id.as_str(), missing] {
         let t = Some(carol_token.as_str());
         let what = |s: &str| format!("carol {s} on {target}");
-        server.get(&format!("/api/rooms/{target}"), t).await.assert_error(404, "not_found", &what("GET room"));
+        server
+            .get(&format!("/api/rooms/{target}"), t)
+            .await
+            .assert_error(404, "not_found", &what("GET room"));
         server
             .get(&format!("/api/rooms/{target}/messages"), t)
             .await
@@ -156,13 +194,24 @@ async fn members_exchange_messages_and_an_outsider_sees_nothing() {
     }
     let carols_rooms = server.get("/api/rooms", Some(&carol_token)).await;
     assert_eq!(carols_rooms.status, 200, "{}", carols_rooms.text);
-    assert!(!room_ids(&carols_rooms.json["rooms"]).contains(&room_id), "carol's rooms: {}", carols_rooms.text);
+    assert!(
+        !room_ids(&carols_rooms.json["rooms"]).contains(&room_id),
+        "carol's rooms: {}",
+        carols_rooms.text
+    );
     let listed = carol.ok("list_rooms", json!({})).await;
-    assert!(!room_ids(&listed["rooms"]).contains(&room_id), "carol's list_rooms: {listed}");
+    assert!(
+        !room_ids(&listed["rooms"]).contains(&room_id),
+        "carol's list_rooms: {listed}"
+    );
 
     // Nothing carol tried reached the room.
     let history = server.full_history(&room_id, &bob_token).await;
-    assert_eq!(history.len(), 3, "only the three real messages are in the room: {history:?}");
+    assert_eq!(
+        history.len(),
+        3,
+        "only the three real messages are in the room: {history:?}"
+    );
     let members = alice.ok("list_members", json!({"room_id": room_id})).await;
     assert_eq!(member_ids(&members["members"]), ["alice", "bob"]);
 
@@ -172,7 +221,10 @@ async fn members_exchange_messages_and_an_outsider_sees_nothing() {
     assert_eq!(got["room_id"], canary.as_str());
     carol.ping().await;
     for event in carol.buffered_events() {
-        assert!(!mentions(event, &room_id), "carol received an event of the private room: {event}");
+        assert!(
+            !mentions(event, &room_id),
+            "carol received an event of the private room: {event}"
+        );
     }
 }
 
@@ -185,7 +237,10 @@ async fn every_device_of_every_member_receives_and_the_ack_equals_the_broadcast(
     let mut phone = Client::connect(&server, &alice_token).await;
     let mut laptop = Client::connect(&server, &alice_token).await;
     let mut bob = server.connect("bob").await;
-    assert_ne!(phone.hello["connection_id"], laptop.hello["connection_id"], "each connection has its own id");
+    assert_ne!(
+        phone.hello["connection_id"], laptop.hello["connection_id"],
+        "each connection has its own id"
+    );
 
     let room = phone.create_room("devices", "private").await;
     phone.invite(&room, "bob").await;
@@ -200,15 +255,25 @@ async fn every_device_of_every_member_receives_and_the_ack_equals_the_broadcast(
         .expect("send_message is acked");
         let message = ack["message"].clone();
         assert_message_shape(&message);
-        assert!(message["id"].is_string() && message["created_at"].is_u64(), "ack: {ack}");
+        assert!(
+            message["id"].is_string() && message["created_at"].is_u64(),
+            "ack: {ack}"
+        );
         assert_eq!(message["status"], "sent");
         assert_eq!(message["type"], "text");
         assert_eq!(message["client_msg_id"], cmid.as_str());
         assert_eq!(message["edited_at"], Value::Null);
         assert_eq!(message["deleted_at"], Value::Null);
-        for (who, client) in [("phone", &mut phone), ("laptop", &mut laptop), ("bob", &mut bob)] {
+        for (who, client) in [
+            ("phone", &mut phone),
+            ("laptop", &mut laptop),
+            ("bob", &mut bob),
+        ] {
             let got = client.next_event("receive_message").await;
-            assert_eq!(got["message"], message, "{who} receives exactly the acked message");
+            assert_eq!(
+                got["message"], message,
+                "{who} receives exactly the acked message"
+            );
         }
     }
 }
@@ -224,33 +289,60 @@ async fn public_rooms_can_be_listed_joined_and_left() {
 
     let lobby = alice.create_room("lobby", "public").await;
     let hideout = alice.create_room("hideout", "private").await;
-    let default = alice.ok("create_room", json!({"name": "unspecified"})).await;
-    assert_eq!(default["room"]["visibility"], "private", "visibility defaults to private");
+    let default = alice
+        .ok("create_room", json!({"name": "unspecified"}))
+        .await;
+    assert_eq!(
+        default["room"]["visibility"], "private",
+        "visibility defaults to private"
+    );
     let default_id = default["room"]["id"].as_str().expect("room.id").to_string();
 
     let listed = bob.ok("list_public_rooms", json!({})).await;
     let ids = room_ids(&listed["rooms"]);
     assert!(ids.contains(&lobby), "the public room is listed: {listed}");
-    assert!(!ids.contains(&hideout), "a private room is not listed: {listed}");
-    assert!(!ids.contains(&default_id), "a room private by default is not listed: {listed}");
+    assert!(
+        !ids.contains(&hideout),
+        "a private room is not listed: {listed}"
+    );
+    assert!(
+        !ids.contains(&default_id),
+        "a room private by default is not listed: {listed}"
+    );
     let rest = server.get("/api/rooms/public", Some(&bob_token)).await;
     assert_eq!(rest.status, 200, "{}", rest.text);
     let ids = room_ids(&rest.json["rooms"]);
-    assert!(ids.contains(&lobby) && !ids.contains(&hideout), "GET /api/rooms/public: {}", rest.text);
+    assert!(
+        ids.contains(&lobby) && !ids.contains(&hideout),
+        "GET /api/rooms/public: {}",
+        rest.text
+    );
 
     let too_long = "x".repeat(81);
-    match alice.request("create_room", json!({"name": too_long, "visibility": "public"})).await {
+    match alice
+        .request(
+            "create_room",
+            json!({"name": too_long, "visibility": "public"}),
+        )
+        .await
+    {
         Err((code, _)) => assert_eq!(code, "invalid_payload", "a name over max_room_name_chars"),
         Ok(ack) => panic!("a room name of 81 characters should be refused, got {ack}"),
     }
 
     let joined = bob.ok("join_room", json!({"room_id": lobby})).await;
     assert_eq!(joined["room"]["id"], lobby.as_str());
-    assert_eq!(bob.next_event("room_added").await["room"]["id"], lobby.as_str());
+    assert_eq!(
+        bob.next_event("room_added").await["room"]["id"],
+        lobby.as_str()
+    );
     alice.next_member_joined(&lobby, "bob").await;
     bob.next_member_joined(&lobby, "bob").await;
     let mine = bob.ok("list_rooms", json!({})).await;
-    assert!(room_ids(&mine["rooms"]).contains(&lobby), "bob's rooms include the lobby: {mine}");
+    assert!(
+        room_ids(&mine["rooms"]).contains(&lobby),
+        "bob's rooms include the lobby: {mine}"
+    );
 
     let hello = bob.say(&lobby, "hello lobby").await;
     assert_eq!(alice.next_event("receive_message").await["message"], hello);
@@ -261,14 +353,25 @@ async fn public_rooms_can_be_listed_joined_and_left() {
         Ok(ack) => panic!("bob joined a private room: {ack}"),
     }
     server
-        .post(&format!("/api/rooms/{hideout}/join"), Some(&bob_token), &json!({}))
+        .post(
+            &format!("/api/rooms/{hideout}/join"),
+            Some(&bob_token),
+            &json!({}),
+        )
         .await
         .assert_error(404, "not_found", "POST join on a private room");
 
     bob.ok("leave_room", json!({"room_id": lobby})).await;
-    assert_eq!(bob.next_event("room_removed").await["room_id"], lobby.as_str());
+    assert_eq!(
+        bob.next_event("room_removed").await["room_id"],
+        lobby.as_str()
+    );
     for client in [&mut bob, &mut alice] {
-        client.next_event_where("member_left", |d| d["room_id"] == lobby.as_str() && d["user_id"] == "bob").await;
+        client
+            .next_event_where("member_left", |d| {
+                d["room_id"] == lobby.as_str() && d["user_id"] == "bob"
+            })
+            .await;
     }
 
     match bob.request("history", json!({"room_id": lobby})).await {
@@ -278,10 +381,19 @@ async fn public_rooms_can_be_listed_joined_and_left() {
     let members = alice.ok("list_members", json!({"room_id": lobby})).await;
     assert_eq!(member_ids(&members["members"]), ["alice"]);
     let mine = bob.ok("list_rooms", json!({})).await;
-    assert!(!room_ids(&mine["rooms"]).contains(&lobby), "bob's rooms after leaving: {mine}");
+    assert!(
+        !room_ids(&mine["rooms"]).contains(&lobby),
+        "bob's rooms after leaving: {mine}"
+    );
 
     // Joining over REST works the same way.
-    let rejoined = server.post(&format!("/api/rooms/{lobby}/join"), Some(&bob_token), &json!({})).await;
+    let rejoined = server
+        .post(
+            &format!("/api/rooms/{lobby}/join"),
+            Some(&bob_token),
+            &json!({}),
+        )
+        .await;
     assert_eq!(rejoined.status, 200, "POST join: {}", rejoined.text);
     assert_eq!(rejoined.json["room"]["id"], lobby.as_str());
     let members = alice.ok("list_members", json!({"room_id": lobby})).await;

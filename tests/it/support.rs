@@ -42,13 +42,19 @@ pub fn unique() -> u64 {
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
 }
 
 /// Parses a decimal-string id (message or room) into its integer value.
 pub fn id_of(v: &Value) -> u64 {
-    let s = v.as_str().unwrap_or_else(|| panic!("id is not a string: {v}"));
-    s.parse().unwrap_or_else(|e| panic!("id {s:?} is not a decimal u64: {e}"))
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("id is not a string: {v}"));
+    s.parse()
+        .unwrap_or_else(|e| panic!("id {s:?} is not a decimal u64: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -64,13 +70,19 @@ pub struct Options {
 
 impl Options {
     pub fn config(toml: &str) -> Options {
-        Options { config_toml: Some(toml.to_string()), env: Vec::new() }
+        Options {
+            config_toml: Some(toml.to_string()),
+            env: Vec::new(),
+        }
     }
 
     pub fn env(pairs: &[(&str, &str)]) -> Options {
         Options {
             config_toml: None,
-            env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 }
@@ -211,8 +223,14 @@ impl Server {
         match rx.recv_timeout(within) {
             Ok(status) => status.expect("wait for the server"),
             Err(_) => {
-                let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-                panic!("server did not exit within {within:?}; output:\n{}", self.output());
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+                panic!(
+                    "server did not exit within {within:?}; output:\n{}",
+                    self.output()
+                );
             }
         }
     }
@@ -254,7 +272,11 @@ impl Server {
             stdout,
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(stdout.split('.').count(), 3, "confab token should print only a JWT: {stdout:?}");
+        assert_eq!(
+            stdout.split('.').count(),
+            3,
+            "confab token should print only a JWT: {stdout:?}"
+        );
         stdout
     }
 
@@ -271,7 +293,13 @@ impl Server {
 
     // -- REST ---------------------------------------------------------------------------------
 
-    pub async fn http(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> HttpReply {
+    pub async fn http(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> HttpReply {
         let body = body.map(|b| b.to_string());
         self.http_raw(method, path, token, &[], body).await
     }
@@ -285,7 +313,8 @@ impl Server {
         headers: &[(&str, &str)],
         body: Option<String>,
     ) -> HttpReply {
-        let client: HttpClient<_, Full<Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
+        let client: HttpClient<_, Full<Bytes>> =
+            HttpClient::builder(TokioExecutor::new()).build_http();
         let mut req = hyper::Request::builder()
             .method(method.clone())
             .uri(format!("http://127.0.0.1:{}{path}", self.port));
@@ -325,7 +354,12 @@ impl Server {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::Null)
         };
-        HttpReply { status, content_type, text, json }
+        HttpReply {
+            status,
+            content_type,
+            text,
+            json,
+        }
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> HttpReply {
@@ -355,7 +389,10 @@ impl Server {
             };
             let r = self.get(&path, Some(token)).await;
             assert_eq!(r.status, 200, "GET {path}: {}", r.text);
-            let page = r.json["messages"].as_array().expect("messages array").clone();
+            let page = r.json["messages"]
+                .as_array()
+                .expect("messages array")
+                .clone();
             let has_more = r.json["has_more"].as_bool().expect("has_more bool");
             if let Some(last) = page.last() {
                 before = Some(last["id"].as_str().expect("id string").to_string());
@@ -383,7 +420,12 @@ fn parse_listening_port(line: &str) -> Option<u16> {
     let clean = strip_ansi(line);
     let rest = &clean[clean.find("listening on http://")? + "listening on http://".len()..];
     let authority = rest.split(|c: char| c.is_whitespace() || c == '/').next()?;
-    let port: String = authority.rsplit(':').next()?.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let port: String = authority
+        .rsplit(':')
+        .next()?
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     port.parse().ok()
 }
 
@@ -424,7 +466,9 @@ pub struct HttpReply {
 impl HttpReply {
     /// The `error.code` of a REST error body.
     pub fn error_code(&self) -> &str {
-        self.json["error"]["code"].as_str().unwrap_or("<no error.code>")
+        self.json["error"]["code"]
+            .as_str()
+            .unwrap_or("<no error.code>")
     }
 
     /// Asserts an error answer with this status and code.
@@ -446,14 +490,21 @@ impl HttpReply {
 /// The claims (payload) of a JWT, decoded without verification.
 pub fn claims_of(token: &str) -> Value {
     let payload = token.split('.').nth(1).expect("JWT has a payload");
-    let bytes = URL_SAFE_NO_PAD.decode(payload).expect("JWT payload is base64url");
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("JWT payload is base64url");
     serde_json::from_slice(&bytes).expect("JWT payload is JSON")
 }
 
 /// Signs claims with HS256 and the given key.
 pub fn sign_hs256(claims: &Value, key: &[u8]) -> String {
     let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(key)).expect("sign JWT")
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(key),
+    )
+    .expect("sign JWT")
 }
 
 /// A token with `alg: none` and an empty signature.
@@ -507,7 +558,13 @@ impl Client {
         let (ws, resp) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
             .await
             .expect("WebSocket handshake timed out")?;
-        let mut c = Client { ws, events: VecDeque::new(), replies: VecDeque::new(), closed: None, hello: Value::Null };
+        let mut c = Client {
+            ws,
+            events: VecDeque::new(),
+            replies: VecDeque::new(),
+            closed: None,
+            hello: Value::Null,
+        };
         let deadline = Instant::now() + TIMEOUT;
         match c.recv(deadline).await {
             Ok(Incoming::Json(v)) if v["event"] == "hello" => c.hello = v["data"].clone(),
@@ -518,7 +575,10 @@ impl Client {
 
     /// The user id the server greeted this connection as.
     pub fn user_id(&self) -> String {
-        self.hello["user"]["id"].as_str().expect("hello.user.id").to_string()
+        self.hello["user"]["id"]
+            .as_str()
+            .expect("hello.user.id")
+            .to_string()
     }
 
     async fn recv(&mut self, deadline: Instant) -> Result<Incoming, Stop> {
@@ -541,8 +601,9 @@ impl Client {
                     return Err(Stop::Closed(code));
                 }
                 Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(t.as_str())
-                        .unwrap_or_else(|e| panic!("server sent a text frame that is not JSON ({e}): {t}"));
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or_else(|e| {
+                        panic!("server sent a text frame that is not JSON ({e}): {t}")
+                    });
                     return Ok(Incoming::Json(v));
                 }
                 Some(Ok(Message::Binary(b))) => return Ok(Incoming::Binary(b.to_vec())),
@@ -569,7 +630,10 @@ impl Client {
     pub async fn send_raw(&mut self, msg: Message) -> Result<(), tungstenite::Error> {
         match tokio::time::timeout(TIMEOUT, self.ws.send(msg)).await {
             Ok(r) => r,
-            Err(_) => Err(tungstenite::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "send timed out"))),
+            Err(_) => Err(tungstenite::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "send timed out",
+            ))),
         }
     }
 
@@ -582,7 +646,11 @@ impl Client {
     /// Sends one message split into text fragments (first Text, then Continue frames).
     pub async fn send_fragments(&mut self, parts: &[&[u8]]) -> Result<(), tungstenite::Error> {
         for (i, part) in parts.iter().enumerate() {
-            let opcode = if i == 0 { OpData::Text } else { OpData::Continue };
+            let opcode = if i == 0 {
+                OpData::Text
+            } else {
+                OpData::Continue
+            };
             let last = i + 1 == parts.len();
             let frame = Frame::message(Bytes::copy_from_slice(part), OpCode::Data(opcode), last);
             self.send_raw(Message::Frame(frame)).await?;
@@ -591,7 +659,11 @@ impl Client {
     }
 
     /// Sends a request with a fresh `ref` without waiting; returns the ref.
-    pub async fn try_send_request(&mut self, event: &str, data: Value) -> Result<String, tungstenite::Error> {
+    pub async fn try_send_request(
+        &mut self,
+        event: &str,
+        data: Value,
+    ) -> Result<String, tungstenite::Error> {
         let r = format!("r{}", unique());
         let frame = json!({"event": event, "ref": r, "data": data});
         self.send_raw(Message::text(frame.to_string())).await?;
@@ -665,7 +737,10 @@ impl Client {
             Ok(v) => v,
             Err(stop) => panic!(
                 "no `{name}` event arrived ({stop:?}); buffered events: {:?}",
-                self.events.iter().map(|e| e["event"].to_string()).collect::<Vec<_>>()
+                self.events
+                    .iter()
+                    .map(|e| e["event"].to_string())
+                    .collect::<Vec<_>>()
             ),
         }
     }
@@ -674,14 +749,21 @@ impl Client {
     pub async fn next_event_where(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            if let Some(pos) = self.events.iter().position(|v| v["event"] == name && pred(&v["data"])) {
+            if let Some(pos) = self
+                .events
+                .iter()
+                .position(|v| v["event"] == name && pred(&v["data"]))
+            {
                 let v = self.events.remove(pos).expect("position is valid");
                 return v["data"].clone();
             }
             if let Err(stop) = self.pump(deadline).await {
                 panic!(
                     "no matching `{name}` event arrived ({stop:?}); buffered events: {:?}",
-                    self.events.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+                    self.events
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
                 );
             }
         }
@@ -690,14 +772,18 @@ impl Client {
     /// Waits for the `member_joined` of `user_id` in `room_id`; returns the member record.
     pub async fn next_member_joined(&mut self, room_id: &str, user_id: &str) -> Value {
         let data = self
-            .next_event_where("member_joined", |d| d["room_id"] == room_id && d["member"]["user_id"] == user_id)
+            .next_event_where("member_joined", |d| {
+                d["room_id"] == room_id && d["member"]["user_id"] == user_id
+            })
             .await;
         data["member"].clone()
     }
 
     /// Waits for the next `receive_message` whose message matches; returns the message.
     pub async fn next_message_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        let data = self.next_event_where("receive_message", |d| pred(&d["message"])).await;
+        let data = self
+            .next_event_where("receive_message", |d| pred(&d["message"]))
+            .await;
         data["message"].clone()
     }
 
@@ -717,7 +803,9 @@ impl Client {
             match self.pump(deadline).await {
                 Ok(()) => continue,
                 Err(Stop::Closed(code)) => return code,
-                Err(Stop::Timeout) => panic!("the server did not close the connection within {within:?}"),
+                Err(Stop::Timeout) => {
+                    panic!("the server did not close the connection within {within:?}")
+                }
             }
         }
     }
@@ -725,11 +813,19 @@ impl Client {
     /// A full round trip proving the connection still serves requests.
     pub async fn ping(&mut self) {
         let ack = self.ok("ping", json!({})).await;
-        assert!(ack["server_time"].is_u64(), "ping ack carries server_time: {ack}");
+        assert!(
+            ack["server_time"].is_u64(),
+            "ping ack carries server_time: {ack}"
+        );
     }
 
     /// Sends a text message and returns the ack data.
-    pub async fn send_message(&mut self, room_id: &str, client_msg_id: &str, content: &str) -> Reply {
+    pub async fn send_message(
+        &mut self,
+        room_id: &str,
+        client_msg_id: &str,
+        content: &str,
+    ) -> Reply {
         self.request(
             "send_message",
             json!({"room_id": room_id, "client_msg_id": client_msg_id, "type": "text", "content": content}),
@@ -748,13 +844,22 @@ impl Client {
 
     /// Creates a group room; returns its id.
     pub async fn create_room(&mut self, name: &str, visibility: &str) -> String {
-        let ack = self.ok("create_room", json!({"name": name, "visibility": visibility})).await;
-        ack["room"]["id"].as_str().expect("room.id is a string").to_string()
+        let ack = self
+            .ok(
+                "create_room",
+                json!({"name": name, "visibility": visibility}),
+            )
+            .await;
+        ack["room"]["id"]
+            .as_str()
+            .expect("room.id is a string")
+            .to_string()
     }
 
     /// Invites a user into a room; panics unless acked.
     pub async fn invite(&mut self, room_id: &str, user_id: &str) {
-        self.ok("invite", json!({"room_id": room_id, "user_id": user_id})).await;
+        self.ok("invite", json!({"room_id": room_id, "user_id": user_id}))
+            .await;
     }
 
     /// Fetches one history page: (messages, has_more).
@@ -777,7 +882,10 @@ fn split_reply(v: Value) -> Reply {
     if v["event"] == "ack" {
         Ok(v.get("data").cloned().unwrap_or(Value::Null))
     } else {
-        let code = v["data"]["code"].as_str().unwrap_or("<no code>").to_string();
+        let code = v["data"]["code"]
+            .as_str()
+            .unwrap_or("<no code>")
+            .to_string();
         let message = v["data"]["message"].as_str().unwrap_or("").to_string();
         Err((code, message))
     }
@@ -785,7 +893,9 @@ fn split_reply(v: Value) -> Reply {
 
 /// A request for `/ws` with no token, to which a test adds headers.
 pub fn ws_request(server: &Server, query: &str) -> http::Request<()> {
-    format!("{}{query}", server.ws_url()).into_client_request().expect("ws request")
+    format!("{}{query}", server.ws_url())
+        .into_client_request()
+        .expect("ws request")
 }
 
 /// Tries to upgrade; expects a refusal and returns its HTTP status and (if it parsed) JSON body.
@@ -812,7 +922,10 @@ pub fn describe_ws_error(e: &tungstenite::Error) -> String {
         tungstenite::Error::Http(resp) => format!(
             "HTTP {} {}",
             resp.status(),
-            resp.body().as_ref().map(|b| String::from_utf8_lossy(b).to_string()).unwrap_or_default()
+            resp.body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).to_string())
+                .unwrap_or_default()
         ),
         other => other.to_string(),
     }
@@ -820,12 +933,29 @@ pub fn describe_ws_error(e: &tungstenite::Error) -> String {
 
 /// Asserts that a message record has every documented field with the right types.
 pub fn assert_message_shape(m: &Value) {
-    for key in ["id", "room_id", "sender_id", "client_msg_id", "type", "content", "status"] {
+    for key in [
+        "id",
+        "room_id",
+        "sender_id",
+        "client_msg_id",
+        "type",
+        "content",
+        "status",
+    ] {
         assert!(m[key].is_string(), "message.{key} should be a string: {m}");
     }
-    assert!(m["created_at"].is_u64(), "message.created_at should be an integer: {m}");
-    assert!(m.get("edited_at").is_some(), "message.edited_at should be present: {m}");
-    assert!(m.get("deleted_at").is_some(), "message.deleted_at should be present: {m}");
+    assert!(
+        m["created_at"].is_u64(),
+        "message.created_at should be an integer: {m}"
+    );
+    assert!(
+        m.get("edited_at").is_some(),
+        "message.edited_at should be present: {m}"
+    );
+    assert!(
+        m.get("deleted_at").is_some(),
+        "message.deleted_at should be present: {m}"
+    );
     let id = id_of(&m["id"]);
     let created_at = m["created_at"].as_u64().expect("created_at");
     assert_eq!(
@@ -860,13 +990,21 @@ pub fn run_cli(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String
         .args(args)
         .stdin(Stdio::null());
     let out = run_bounded(cmd);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
 /// Runs a command to completion, killing it if it takes longer than `TIMEOUT`.
 fn run_bounded(mut cmd: Command) -> Output {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn confab");
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn confab");
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -875,8 +1013,14 @@ fn run_bounded(mut cmd: Command) -> Output {
     match rx.recv_timeout(TIMEOUT) {
         Ok(out) => out.expect("collect confab output"),
         Err(_) => {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-            panic!("`confab {:?}` did not finish within {TIMEOUT:?}", cmd.get_args().collect::<Vec<_>>());
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+            panic!(
+                "`confab {:?}` did not finish within {TIMEOUT:?}",
+                cmd.get_args().collect::<Vec<_>>()
+            );
         }
     }
 }
