@@ -2,7 +2,7 @@
 //!
 //! The hub keeps rooms, members and display names in memory (loaded from the store at start)
 //! and changes them only in store completions, on the writer thread, so memory follows commit
-//! order. It knows nothing about WebSockets or HTTP: connections are `Outbox`es of frames.
+//! order. It knows no transport: connections are `Outbox`es of encoded frames.
 
 mod error;
 mod outbox;

@@ -40,7 +40,7 @@ fn count_cmid(messages: &[Value], sender: &str, cmid: &str) -> usize {
 /// and three identical acks (the later two flagged `duplicate`).
 #[tokio::test]
 async fn the_same_client_msg_id_three_times_stores_one_message() {
-    let (server, room, mut alice, mut bob) = pair().await;
+    let (_server, room, mut alice, mut bob) = pair().await;
     let mut acks = Vec::new();
     for _ in 0..3 {
         acks.push(
@@ -80,16 +80,35 @@ async fn the_same_client_msg_id_three_times_stores_one_message() {
         "history holds it once"
     );
     assert_eq!(history.len(), 2, "history holds the message and the marker");
+}
 
-    // Over REST too, the retry returns the original.
+/// Issue 2: over REST a retry answers `201 {"message","duplicate"}` with the original message.
+#[tokio::test]
+async fn a_rest_retry_returns_the_original() {
+    let (server, room, _alice, _bob) = pair().await;
     let token = server.token("alice", Some("Alice"));
-    let body = json!({"client_msg_id": "once-1", "type": "text", "content": "only once"});
-    let r = server
-        .post(&format!("/api/rooms/{room}/messages"), Some(&token), &body)
-        .await;
-    assert_eq!(r.status, 201, "POST messages retry: {}", r.text);
-    assert_eq!(r.json["duplicate"], true);
-    assert_eq!(r.json["message"], acks[0]["message"]);
+    let path = format!("/api/rooms/{room}/messages");
+    let body = json!({"client_msg_id": "rest-1", "type": "text", "content": "only once"});
+    let first = server.post(&path, Some(&token), &body).await;
+    assert_eq!(first.status, 201, "POST messages: {}", first.text);
+    assert_eq!(first.json["duplicate"], false);
+    let retry = server.post(&path, Some(&token), &body).await;
+    assert_eq!(retry.json["duplicate"], true, "{}", retry.text);
+    assert_eq!(
+        retry.json["message"], first.json["message"],
+        "the retry returns the original"
+    );
+    assert_eq!(
+        retry.status, 201,
+        "docs/protocol.md: POST messages answers 201 {{\"message\",\"duplicate\"}}: {}",
+        retry.text
+    );
+    let history = server.full_history(&room, &token).await;
+    assert_eq!(
+        count_cmid(&history, "alice", "rest-1"),
+        1,
+        "history holds it once"
+    );
 }
 
 /// Issue 2: retries that race (all in flight at once) still store one message.
