@@ -307,4 +307,115 @@ mod tests {
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
         assert!(a.verify(none).is_err());
     }
+
+    /// Generates a key pair with the openssl CLI; returns (private PEM, public PEM path).
+    fn keypair(dir: &Path, name: &str, genpkey_args: &[&str]) -> (Vec<u8>, std::path::PathBuf) {
+        let private = dir.join(format!("{name}.key"));
+        let public = dir.join(format!("{name}.pub"));
+        let ok = std::process::Command::new("openssl")
+            .arg("genpkey")
+            .args(genpkey_args)
+            .arg("-out")
+            .arg(&private)
+            .status()
+            .expect("openssl runs")
+            .success();
+        assert!(ok, "openssl genpkey {name}");
+        let ok = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .expect("openssl runs")
+            .success();
+        assert!(ok, "openssl pkey {name}");
+        (std::fs::read(&private).expect("private key"), public)
+    }
+
+    #[test]
+    fn host_application_public_keys_verify_their_tokens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (rsa, rsa_pub) = keypair(
+            dir.path(),
+            "rsa",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        );
+        let (ec, ec_pub) = keypair(
+            dir.path(),
+            "ec",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        );
+        let (ed, ed_pub) = keypair(dir.path(), "ed", &["-algorithm", "ED25519"]);
+        let key = |alg: &str, path: &Path, kid: Option<&str>| crate::config::PublicKeyConfig {
+            alg: alg.into(),
+            path: path.to_owned(),
+            kid: kid.map(str::to_owned),
+        };
+        let cfg = AuthConfig {
+            public_keys: vec![
+                key("RS256", &rsa_pub, Some("k1")),
+                key("ES256", &ec_pub, None),
+                key("EdDSA", &ed_pub, None),
+            ],
+            issuer: Some("https://app.example".into()),
+            ..AuthConfig::default()
+        };
+        let a = Authenticator::new(&cfg, dir.path()).expect("authenticator");
+        let claims = serde_json::json!({
+            "sub": "host-user-7", "name": "Host User", "exp": now_ms() / 1000 + 600,
+            "iss": "https://app.example"
+        });
+        let sign = |alg: Algorithm, key: EncodingKey, kid: Option<&str>| {
+            let mut h = Header::new(alg);
+            h.kid = kid.map(str::to_owned);
+            jsonwebtoken::encode(&h, &claims, &key).expect("sign")
+        };
+        let rs = sign(
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&rsa).expect("rsa"),
+            Some("k1"),
+        );
+        let es = sign(
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&ec).expect("ec"),
+            None,
+        );
+        let eddsa = sign(
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(&ed).expect("ed"),
+            None,
+        );
+        for t in [&rs, &es, &eddsa] {
+            let id = a.verify(t).expect("a host token verifies");
+            assert_eq!(&*id.user_id, "host-user-7");
+            assert_eq!(id.name, "Host User");
+        }
+        // Wrong kid, and a token signed with another key of the right kind, are refused.
+        let wrong_kid = sign(
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&rsa).expect("rsa"),
+            Some("k2"),
+        );
+        assert!(a.verify(&wrong_kid).is_err());
+        let (other, _) = keypair(dir.path(), "other", &["-algorithm", "ED25519"]);
+        let forged = sign(
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(&other).expect("ed"),
+            None,
+        );
+        assert!(a.verify(&forged).is_err());
+        // Algorithm confusion: HS256 keyed with the public key's bytes is not the local secret.
+        let pem = std::fs::read(&rsa_pub).expect("pub");
+        let confused = sign(Algorithm::HS256, EncodingKey::from_secret(&pem), None);
+        assert!(a.verify(&confused).is_err());
+        // The issuer is required once configured.
+        let no_iss = jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            &serde_json::json!({"sub": "x", "exp": now_ms() / 1000 + 600}),
+            &EncodingKey::from_ec_pem(&ec).expect("ec"),
+        )
+        .expect("sign");
+        assert!(a.verify(&no_iss).is_err());
+    }
 }
