@@ -327,21 +327,13 @@ async fn run(args: Args) -> Result<bool> {
         }
         // CPU use over the measured window (who is the bottleneck).
         tokio::time::sleep_until(warm_end).await;
-        let cpu_start = (
-            std::time::Instant::now(),
-            cpu_ticks("self"),
-            args.server_pid.and_then(|p| cpu_ticks(&p.to_string())),
-        );
+        let server = args.server_pid.map(|p| p.to_string());
+        let server = server.as_deref();
+        let t0 = std::time::Instant::now();
+        let (lg0, sv0) = (sched("self"), server.and_then(sched));
         tokio::time::sleep_until(end).await;
-        let secs = cpu_start.0.elapsed().as_secs_f64();
-        let pct = |before: Option<u64>, after: Option<u64>| {
-            Some((after? - before?) as f64 / CLK_TCK / secs * 100.0)
-        };
-        cpu.loadgen_pct = pct(cpu_start.1, cpu_ticks("self"));
-        cpu.server_pct = pct(
-            cpu_start.2,
-            args.server_pid.and_then(|p| cpu_ticks(&p.to_string())),
-        );
+        let (lg1, sv1) = (sched("self"), server.and_then(sched));
+        cpu = CpuReport::new(t0.elapsed(), lg0.zip(lg1), sv0.zip(sv1));
         for h in handles {
             sender_outs.push(h.await.unwrap_or_default());
         }
@@ -532,24 +524,54 @@ fn check_fd_limit(needed: usize) -> Result<()> {
     }
 }
 
-/// Clock ticks per second of /proc/PID/stat times (USER_HZ, 100 on Linux).
-const CLK_TCK: f64 = 100.0;
-
-/// utime + stime of a process (`"self"` or a pid), in clock ticks.
-fn cpu_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+/// Nanoseconds on a CPU and waiting for one (run queue), summed over the threads of a
+/// process (`"self"` or a pid), from /proc/PID/task/*/schedstat.
+fn sched(pid: &str) -> Option<(u64, u64)> {
+    let mut total = (0u64, 0u64);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(line) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        let mut f = line
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().unwrap_or(0));
+        total.0 += f.next().unwrap_or(0);
+        total.1 += f.next().unwrap_or(0);
+    }
+    Some(total)
 }
 
+/// CPU use over the measured window, in % of one core.
 #[derive(Serialize, Default)]
 struct CpuReport {
-    /// The server's CPU use (needs --server-pid), % of one core.
+    /// The server's CPU time (needs --server-pid).
     server_pct: Option<f64>,
-    /// The generator's own CPU use, % of one core.
+    /// Time the server's threads were runnable but waiting for a CPU: when high, something else
+    /// (the generator, another process) took the server's core and the figures understate it.
+    server_wait_pct: Option<f64>,
+    /// The generator's own CPU time: near 100 % means the generator may be the bottleneck.
     loadgen_pct: Option<f64>,
+    /// Time the generator's threads waited for a CPU.
+    loadgen_wait_pct: Option<f64>,
+}
+
+/// Two (on-CPU ns, waiting ns) samples.
+type SchedPair = ((u64, u64), (u64, u64));
+
+impl CpuReport {
+    fn new(window: Duration, loadgen: Option<SchedPair>, server: Option<SchedPair>) -> Self {
+        let ns = window.as_nanos().max(1) as f64;
+        let pct = |a: u64, b: u64| b.saturating_sub(a) as f64 * 100.0 / ns;
+        CpuReport {
+            server_pct: server.map(|(a, b)| pct(a.0, b.0)),
+            server_wait_pct: server.map(|(a, b)| pct(a.1, b.1)),
+            loadgen_pct: loadgen.map(|(a, b)| pct(a.0, b.0)),
+            loadgen_wait_pct: loadgen.map(|(a, b)| pct(a.1, b.1)),
+        }
+    }
 }
 
 /// Resident memory readings at one point.
@@ -901,11 +923,13 @@ fn print_human(r: &Report) {
         row("delivered/s", format!("{:.0}", r.delivered_per_s));
         let pct = |p: Option<f64>| p.map_or("n/a".to_string(), |p| format!("{p:.0} %"));
         row(
-            "CPU (of one core)",
+            "CPU (% of one core)",
             format!(
-                "server {}, loadgen {} (measured window)",
+                "server {} (waiting for CPU {}), loadgen {} (waiting {})",
                 pct(r.cpu.server_pct),
-                pct(r.cpu.loadgen_pct)
+                pct(r.cpu.server_wait_pct),
+                pct(r.cpu.loadgen_pct),
+                pct(r.cpu.loadgen_wait_pct)
             ),
         );
         row("latency send->receive", fmt_lat(&r.latency));

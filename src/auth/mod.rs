@@ -135,12 +135,11 @@ impl Authenticator {
             v.set_issuer(&[iss]);
             required.push("iss");
         }
-        match &self.inner.audience {
-            Some(aud) => {
-                v.set_audience(&[aud]);
-                required.push("aud");
-            }
-            None => v.validate_aud = false,
+        // With no audience configured, a token that names one is meant for someone else
+        // and is refused (jsonwebtoken's default).
+        if let Some(aud) = &self.inner.audience {
+            v.set_audience(&[aud]);
+            required.push("aud");
         }
         v.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| {

@@ -138,11 +138,8 @@ async fn api(st: &AppState, method: &Method, seg: &[&str], req: Request<Incoming
                 )
                 .await
                 .map_err(|e| hub.wire_error(&e))?;
-            if ack.duplicate {
-                ok(&ack)
-            } else {
-                created(&ack)
-            }
+            // A retry gets the same answer as the original send.
+            created(&ack)
         }
         (&Method::PATCH, ["rooms", id, "messages", mid]) => {
             let (room, mid) = (room_id(id)?, message_id(mid)?);

@@ -23,7 +23,8 @@ async fn still_serving(server: &Server) {
 
 /// Asserts that connecting with `?token=<token>` is refused with 401 `unauthorized`.
 async fn assert_401(server: &Server, token: &str, what: &str) {
-    let (status, body) = refused_upgrade(ws_request(server, &format!("?token={token}"))).await;
+    let (status, body) =
+        refused_upgrade(ws_request(server, &format!("?token={token}")), what).await;
     assert_eq!(status, 401, "{what}: expected 401 before the upgrade");
     if !body.is_null() {
         assert_eq!(body["error"]["code"], "unauthorized", "{what}: {body}");
@@ -89,7 +90,7 @@ async fn bad_tokens_are_refused_before_the_upgrade() {
     let c = Client::connect(&server, &resigned).await;
     assert_eq!(c.user_id(), "mallory");
 
-    let (status, body) = refused_upgrade(ws_request(&server, "")).await;
+    let (status, body) = refused_upgrade(ws_request(&server, ""), "no token").await;
     assert_eq!(status, 401, "no token at all");
     if !body.is_null() {
         assert_eq!(body["error"]["code"], "unauthorized", "no token: {body}");
@@ -124,8 +125,9 @@ async fn bad_tokens_are_refused_before_the_upgrade() {
         "authorization",
         HeaderValue::from_str(&format!("Bearer {}", unsigned_token(&claims))).expect("header"),
     );
-    let (status, _) = refused_upgrade(req).await;
-    assert_eq!(status, 401, "an alg=none token in the Authorization header");
+    let what = "an alg=none token in the Authorization header";
+    let (status, _) = refused_upgrade(req, what).await;
+    assert_eq!(status, 401, "{what}");
 
     // REST refuses the same way.
     let me = server.get("/api/me", None).await;
@@ -203,7 +205,7 @@ async fn a_disallowed_origin_is_refused() {
     let mut req = ws_request(&server, &format!("?token={token}"));
     req.headers_mut()
         .insert("origin", HeaderValue::from_static("http://evil.example"));
-    let (status, body) = refused_upgrade(req).await;
+    let (status, body) = refused_upgrade(req, "a foreign Origin").await;
     assert_eq!(status, 403, "a foreign Origin");
     if !body.is_null() {
         assert_eq!(body["error"]["code"], "forbidden", "{body}");
@@ -238,7 +240,9 @@ async fn a_disallowed_origin_is_refused() {
         HeaderValue::from_static("https://evil.example.com"),
     );
     assert_eq!(
-        refused_upgrade(req).await.0,
+        refused_upgrade(req, "an origin not in allowed_origins")
+            .await
+            .0,
         403,
         "an origin not in allowed_origins"
     );

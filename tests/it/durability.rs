@@ -148,9 +148,25 @@ async fn acked_messages_survive_kill_9_exactly_once() {
         "the kill came after {KILL_AFTER_ACKS} acks, counted {acked_total}"
     );
 
+    let unacked_total: usize = logs.iter().map(|l| l.unacked.len()).sum();
+    eprintln!("kill -9 after {acked_total} acks with {unacked_total} sends unanswered");
+
     server.restart();
     let history = server.full_history(&room, &tokens[0]).await;
     let stored = index_history(&history);
+    let lost_acks = logs
+        .iter()
+        .flat_map(|l| {
+            l.unacked
+                .iter()
+                .map(|c| (users[l.writer].clone(), c.clone()))
+        })
+        .filter(|k| stored.contains_key(k))
+        .count();
+    eprintln!(
+        "{} messages stored before the kill, {lost_acks} of them stored but never acked",
+        stored.len()
+    );
     for log in &logs {
         let user = &users[log.writer];
         for (cmid, acked) in &log.acked {

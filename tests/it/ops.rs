@@ -31,7 +31,9 @@ async fn health_readiness_and_metrics() {
     let mut alice = server.connect("alice").await;
     let room = alice.create_room("metered", "private").await;
     for i in 0..3 {
-        alice.say(&room, &format!("counted {i}")).await;
+        let sent = alice.say(&room, &format!("counted {i}")).await;
+        // The broadcast reaching alice means the message is fully handled.
+        alice.next_message_where(|m| m["id"] == sent["id"]).await;
     }
 
     let metrics = server.get("/metrics", None).await;

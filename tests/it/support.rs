@@ -899,12 +899,12 @@ pub fn ws_request(server: &Server, query: &str) -> http::Request<()> {
 }
 
 /// Tries to upgrade; expects a refusal and returns its HTTP status and (if it parsed) JSON body.
-pub async fn refused_upgrade(req: http::Request<()>) -> (u16, Value) {
+pub async fn refused_upgrade(req: http::Request<()>, what: &str) -> (u16, Value) {
     match tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
         .await
         .expect("WebSocket handshake timed out")
     {
-        Ok(_) => panic!("the upgrade was accepted but should have been refused"),
+        Ok(_) => panic!("{what}: the upgrade was accepted but should have been refused"),
         Err(tungstenite::Error::Http(resp)) => {
             let body = resp
                 .body()
@@ -913,7 +913,7 @@ pub async fn refused_upgrade(req: http::Request<()>) -> (u16, Value) {
                 .unwrap_or(Value::Null);
             (resp.status().as_u16(), body)
         }
-        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Err(e) => panic!("{what}: expected an HTTP refusal, got {e}"),
     }
 }
 
