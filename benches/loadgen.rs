@@ -691,6 +691,9 @@ struct Report {
     deliveries_expected: u64,
     deliveries_received: u64,
     deliveries_lost: u64,
+    /// Of the lost deliveries, those on connections that stayed open to the end (a real loss;
+    /// the rest were on connections the server closed).
+    deliveries_lost_open: u64,
     loss_pct: f64,
     /// Deliveries of messages whose ack never came.
     deliveries_unacked: u64,
@@ -740,16 +743,24 @@ fn build_report(inp: ReportInput<'_>) -> Report {
     let out = |i: usize| inp.outs[i].as_ref().unwrap_or(&empty);
 
     // Expected = acked × members, per room; received = deliveries of acked messages.
+    // Losses on connections the server closed (or whose reader never reported) are counted
+    // apart: a real client would reconnect and catch up from history.
     let (mut expected, mut received, mut seen_total) = (0u64, 0u64, 0u64);
+    let mut lost_on_closed = 0u64;
     for s in 0..inp.k {
         let room = s % r;
         let local = s / r;
         let acked = &out(s).acked;
-        expected += acked.count() * inp.members[room] as u64;
+        let n_acked = acked.count();
+        expected += n_acked * inp.members[room] as u64;
         for i in (room..n).step_by(r) {
-            if let Some(bits) = out(i).seen.get(local) {
-                received += bits.count_and(acked);
+            let got = out(i).seen.get(local).map_or(0, |bits| {
                 seen_total += bits.count();
+                bits.count_and(acked)
+            });
+            received += got;
+            if inp.outs[i].as_ref().is_none_or(|o| o.ended_early) {
+                lost_on_closed += n_acked - got;
             }
         }
     }
@@ -800,6 +811,7 @@ fn build_report(inp: ReportInput<'_>) -> Report {
         deliveries_expected: expected,
         deliveries_received: received,
         deliveries_lost: lost,
+        deliveries_lost_open: lost - lost_on_closed.min(lost),
         loss_pct: if expected == 0 {
             0.0
         } else {
@@ -909,8 +921,12 @@ fn print_human(r: &Report) {
         row(
             "deliveries",
             format!(
-                "expected {}, received {}, lost {} ({:.3} %)",
-                r.deliveries_expected, r.deliveries_received, r.deliveries_lost, r.loss_pct
+                "expected {}, received {}, lost {} ({:.3} %; {} on connections still open)",
+                r.deliveries_expected,
+                r.deliveries_received,
+                r.deliveries_lost,
+                r.loss_pct,
+                r.deliveries_lost_open
             ),
         );
         row(

@@ -137,6 +137,99 @@ pub struct ReaderOut {
     pub ended_early: bool,
 }
 
+/// Per-connection parsing state of a reader task.
+struct ReaderState {
+    room: usize,
+    rooms: usize,
+    conn: usize,
+    shared: Arc<Shared>,
+    in_flight: Option<Arc<Semaphore>>,
+    out: ReaderOut,
+    last_id: u64,
+    lat: Vec<u64>,
+    ack_lat: Vec<u64>,
+}
+
+impl ReaderState {
+    /// Handles one text frame.
+    #[inline]
+    fn text(&mut self, p: &[u8]) {
+        let shared = &*self.shared;
+        match string_after(p, b"\"event\":\"") {
+            Some(b"receive_message") => {
+                let now = shared.now_ns();
+                if shared.in_window(now) {
+                    shared.window_deliveries.fetch_add(1, Ordering::Relaxed);
+                }
+                let Some(m) = parse_marker(p) else {
+                    self.out.foreign += 1;
+                    return;
+                };
+                let local = (m.sender as usize) / self.rooms;
+                if m.sender as usize % self.rooms != self.room || local >= self.out.seen.len() {
+                    self.out.foreign += 1;
+                    return;
+                }
+                if self.out.seen[local].set(m.seq) {
+                    self.out.deliveries += 1;
+                    shared.room_delivered[self.room].fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.out.duplicates += 1;
+                }
+                if let Some((id, _)) = string_after(p, b"\"id\":\"").and_then(parse_u64) {
+                    if id <= self.last_id {
+                        self.out.reorders += 1;
+                    }
+                    self.last_id = self.last_id.max(id);
+                }
+                if shared.in_window(m.sent_ns) {
+                    self.lat.push(now.saturating_sub(m.sent_ns) / 1000);
+                    if self.lat.len() == BATCH {
+                        shared.record_deliveries(self.conn, &self.lat);
+                        self.lat.clear();
+                    }
+                }
+            }
+            Some(b"ack") => {
+                let now = shared.now_ns();
+                let seq = string_after(p, b"\"ref\":\"").and_then(parse_u64);
+                let (Some(sem), Some((seq, _))) = (&self.in_flight, seq) else {
+                    Shared::bump(&shared.other_events, "ack (not ours)");
+                    return;
+                };
+                if self.out.acked.set(seq) {
+                    shared.acked.fetch_add(1, Ordering::Relaxed);
+                    shared.room_acked[self.room].fetch_add(1, Ordering::Relaxed);
+                }
+                sem.add_permits(1);
+                if crate::stats::find(p, b"\"duplicate\":true").is_some() {
+                    self.out.duplicate_acks += 1;
+                }
+                if let Some(m) = parse_marker(p)
+                    && shared.in_window(m.sent_ns)
+                {
+                    self.ack_lat.push(now.saturating_sub(m.sent_ns) / 1000);
+                    if self.ack_lat.len() == BATCH {
+                        shared.record_acks(&self.ack_lat);
+                        self.ack_lat.clear();
+                    }
+                }
+            }
+            Some(b"error") => {
+                let code = string_after(p, b"\"code\":\"").unwrap_or(b"?");
+                Shared::bump(&shared.errors, &String::from_utf8_lossy(code));
+                let ours = string_after(p, b"\"ref\":\"").and_then(parse_u64);
+                if let (Some(sem), Some(_)) = (&self.in_flight, ours) {
+                    shared.error_replies.fetch_add(1, Ordering::Relaxed);
+                    sem.add_permits(1);
+                }
+            }
+            Some(other) => Shared::bump(&shared.other_events, &String::from_utf8_lossy(other)),
+            None => Shared::bump(&shared.other_events, "(frame without event)"),
+        }
+    }
+}
+
 /// Reads frames until the run stops or the connection ends, parsing only what it needs.
 pub async fn read_loop(ctx: ReaderCtx, mut reader: Reader, writer: Writer) -> ReaderOut {
     let ReaderCtx {
@@ -148,129 +241,60 @@ pub async fn read_loop(ctx: ReaderCtx, mut reader: Reader, writer: Writer) -> Re
         in_flight,
         mut stop,
     } = ctx;
-    let mut out = ReaderOut {
-        seen: vec![Bits::default(); senders_in_room],
-        ..ReaderOut::default()
+    let mut st = ReaderState {
+        room,
+        rooms,
+        conn,
+        shared,
+        in_flight,
+        out: ReaderOut {
+            seen: vec![Bits::default(); senders_in_room],
+            ..ReaderOut::default()
+        },
+        last_id: 0,
+        lat: Vec::with_capacity(BATCH),
+        ack_lat: Vec::with_capacity(BATCH),
     };
-    let mut last_id = 0u64;
-    let mut lat = Vec::with_capacity(BATCH);
-    let mut ack_lat = Vec::with_capacity(BATCH);
     // Pongs and close replies go through the shared write half.
     let mut send_fn = |frame: Frame<'static>| {
         let w = writer.clone();
         async move { w.lock().await.write_frame(frame).await }
     };
-    loop {
-        let frame = tokio::select! {
-            biased;
-            _ = stop.wait_for(|&s| s) => break,
-            r = reader.read_frame(&mut send_fn) => r,
-        };
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => {
-                Shared::bump(&shared.disconnects, &format!("read error: {e}"));
-                out.ended_early = true;
-                break;
+    let work = async {
+        loop {
+            let frame = match reader.read_frame(&mut send_fn).await {
+                Ok(f) => f,
+                Err(e) => {
+                    Shared::bump(&st.shared.disconnects, &format!("read error: {e}"));
+                    st.out.ended_early = true;
+                    return;
+                }
+            };
+            match frame.opcode {
+                OpCode::Text => st.text(&frame.payload),
+                OpCode::Close => {
+                    let code = frame
+                        .payload
+                        .get(..2)
+                        .map(|c| u16::from_be_bytes([c[0], c[1]]).to_string())
+                        .unwrap_or_else(|| "without code".into());
+                    Shared::bump(&st.shared.disconnects, &format!("closed by server: {code}"));
+                    st.out.ended_early = true;
+                    return;
+                }
+                _ => {}
             }
-        };
-        match frame.opcode {
-            OpCode::Text => {}
-            OpCode::Close => {
-                let code = frame
-                    .payload
-                    .get(..2)
-                    .map(|c| u16::from_be_bytes([c[0], c[1]]).to_string())
-                    .unwrap_or_else(|| "without code".into());
-                Shared::bump(&shared.disconnects, &format!("closed by server: {code}"));
-                out.ended_early = true;
-                break;
-            }
-            _ => continue,
         }
-        let p: &[u8] = &frame.payload;
-        match string_after(p, b"\"event\":\"") {
-            Some(b"receive_message") => {
-                let now = shared.now_ns();
-                if shared.in_window(now) {
-                    shared.window_deliveries.fetch_add(1, Ordering::Relaxed);
-                }
-                let Some(m) = parse_marker(p) else {
-                    out.foreign += 1;
-                    continue;
-                };
-                let local = (m.sender as usize) / rooms;
-                if m.sender as usize % rooms != room || local >= out.seen.len() {
-                    out.foreign += 1;
-                    continue;
-                }
-                if out.seen[local].set(m.seq) {
-                    out.deliveries += 1;
-                    shared.room_delivered[room].fetch_add(1, Ordering::Relaxed);
-                } else {
-                    out.duplicates += 1;
-                }
-                if let Some((id, _)) = string_after(p, b"\"id\":\"").and_then(parse_u64) {
-                    if id <= last_id {
-                        out.reorders += 1;
-                    }
-                    last_id = last_id.max(id);
-                }
-                if shared.in_window(m.sent_ns) {
-                    lat.push(now.saturating_sub(m.sent_ns) / 1000);
-                    if lat.len() == BATCH {
-                        shared.record_deliveries(conn, &lat);
-                        lat.clear();
-                    }
-                }
-            }
-            Some(b"ack") => {
-                let now = shared.now_ns();
-                let seq = string_after(p, b"\"ref\":\"").and_then(parse_u64);
-                if let (Some(sem), Some((seq, _))) = (&in_flight, seq) {
-                    if out.acked.set(seq) {
-                        shared.acked.fetch_add(1, Ordering::Relaxed);
-                        shared.room_acked[room].fetch_add(1, Ordering::Relaxed);
-                    }
-                    sem.add_permits(1);
-                    if find_dup(p) {
-                        out.duplicate_acks += 1;
-                    }
-                    if let Some(m) = parse_marker(p)
-                        && shared.in_window(m.sent_ns)
-                    {
-                        ack_lat.push(now.saturating_sub(m.sent_ns) / 1000);
-                        if ack_lat.len() == BATCH {
-                            shared.record_acks(&ack_lat);
-                            ack_lat.clear();
-                        }
-                    }
-                } else {
-                    Shared::bump(&shared.other_events, "ack (not ours)");
-                }
-            }
-            Some(b"error") => {
-                let code = string_after(p, b"\"code\":\"").unwrap_or(b"?");
-                Shared::bump(&shared.errors, &String::from_utf8_lossy(code));
-                if let (Some(sem), Some(_)) = (
-                    &in_flight,
-                    string_after(p, b"\"ref\":\"").and_then(parse_u64),
-                ) {
-                    shared.error_replies.fetch_add(1, Ordering::Relaxed);
-                    sem.add_permits(1);
-                }
-            }
-            Some(other) => Shared::bump(&shared.other_events, &String::from_utf8_lossy(other)),
-            None => Shared::bump(&shared.other_events, "(frame without event)"),
-        }
+    };
+    // One select around the whole loop: the stop future is made once, not per frame.
+    tokio::select! {
+        biased;
+        _ = stop.wait_for(|&s| s) => {}
+        () = work => {}
     }
-    shared.record_deliveries(conn, &lat);
-    shared.record_acks(&ack_lat);
-    out
-}
-
-fn find_dup(p: &[u8]) -> bool {
-    crate::stats::find(p, b"\"duplicate\":true").is_some()
+    st.shared.record_deliveries(conn, &st.lat);
+    st.shared.record_acks(&st.ack_lat);
+    st.out
 }
 
 /// How one sending connection paces itself.

@@ -154,17 +154,38 @@ impl Bits {
     }
 }
 
-/// Position of `needle` in `hay`, searching from the first byte.
+/// Position of the first `b` in `hay` (word-at-a-time, like memchr).
+#[inline]
+pub fn memchr(b: u8, hay: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO * u64::from(b);
+    let mut chunks = hay.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default()) ^ pattern;
+        let zero = w.wrapping_sub(LO) & !w & HI;
+        if zero != 0 {
+            return Some(base + (zero.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == b)
+        .map(|i| base + i)
+}
+
+/// Position of `needle` in `hay`.
 #[inline]
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let (&first, rest) = needle.split_first()?;
     let mut from = 0;
     while from + needle.len() <= hay.len() {
-        let at = from
-            + hay[from..=hay.len() - needle.len()]
-                .iter()
-                .position(|&b| b == first)?;
-        if &hay[at + 1..at + needle.len()] == rest {
+        let at = from + memchr(first, &hay[from..=hay.len() - needle.len()])?;
+        // A byte loop: needles are short, and this avoids a memcmp call per candidate.
+        if rest.iter().zip(&hay[at + 1..]).all(|(a, b)| a == b) {
             return Some(at);
         }
         from = at + 1;
@@ -207,11 +228,19 @@ pub struct Marker {
     pub sent_ns: u64,
 }
 
-/// Finds `"content":"lg|a|b|c|` in a frame and parses it.
+/// Finds `"content":"lg|a|b|c|` in a frame and parses it. `|` is rare in these frames, so the
+/// search looks for it first and then checks what precedes it.
 #[inline]
 pub fn parse_marker(frame: &[u8]) -> Option<Marker> {
-    const KEY: &[u8] = b"\"content\":\"lg|";
-    let mut at = find(frame, KEY)? + KEY.len();
+    const KEY: &[u8] = b"\"content\":\"lg";
+    let mut from = 0;
+    let mut at = loop {
+        let bar = from + memchr(b'|', &frame[from..])?;
+        if bar >= KEY.len() && &frame[bar - KEY.len()..bar] == KEY {
+            break bar + 1;
+        }
+        from = bar + 1;
+    };
     let mut fields = [0u64; 3];
     for f in &mut fields {
         let (v, n) = parse_u64(&frame[at..])?;
@@ -249,6 +278,18 @@ mod tests {
             })
         );
         assert_eq!(find(b"abc", b"abcd"), None);
+        let long = b"0123456789abcdef|x|";
+        for i in 0..long.len() {
+            assert_eq!(
+                memchr(long[i], long),
+                long.iter().position(|&c| c == long[i])
+            );
+        }
+        assert_eq!(memchr(b'z', long), None);
+        assert_eq!(
+            parse_marker(br#"{"x":"a|b","content":"lg|1|2|3|"}"#).map(|m| m.seq),
+            Some(2)
+        );
         assert_eq!(find(b"aab", b"ab"), Some(1));
         let mut b = Bits::default();
         assert!(b.set(130));
