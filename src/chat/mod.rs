@@ -231,7 +231,16 @@ impl Hub {
         }
     }
 
-    /// Asks every connection to close (shutdown) after what is already queued.
+    /// For shutdown: waits until every write already queued is durable and its ack and
+    /// broadcast are queued, then asks every connection to close after what it has queued.
+    pub async fn drain_and_close(&self, code: u16, reason: &'static str) {
+        if let Err(e) = self.store.write(WriteOp::Barrier).await {
+            tracing::warn!(error = %e, "storage did not drain before shutdown");
+        }
+        self.close_all(code, reason);
+    }
+
+    /// Asks every connection to close after what is already queued.
     pub fn close_all(&self, code: u16, reason: &'static str) {
         for list in self.conns.read().values() {
             for (_, ob) in list {

@@ -233,6 +233,10 @@ async fn register(st: &AppState, req: Request<Incoming>) -> ApiResult {
         .filter(|d| !d.is_empty() && !d.chars().any(char::is_control))
         .unwrap_or_else(|| username.clone());
     let password = b.password;
+    let _slot = hashing_slots()
+        .acquire()
+        .await
+        .map_err(|_| WireError::new(ErrorCode::Unavailable, "shutting down"))?;
     let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
         .await
         .map_err(|_| WireError::new(ErrorCode::Internal, "internal error"))?
@@ -270,6 +274,16 @@ async fn register(st: &AppState, req: Request<Incoming>) -> ApiResult {
     })
 }
 
+/// Password hashing is slow and takes ~19 MiB per hash (argon2id defaults): run at most one
+/// per core at a time, so a burst of sign-ups queues instead of eating memory.
+fn hashing_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(n)
+    })
+}
+
 /// A hash to verify against when the account does not exist, so a wrong username costs the
 /// same time as a wrong password.
 static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -288,6 +302,10 @@ async fn login(st: &AppState, req: Request<Incoming>) -> ApiResult {
         .map_err(store_error)?;
     let phc = account.as_ref().map(|a| a.password_hash.clone());
     let password = b.password;
+    let _slot = hashing_slots()
+        .acquire()
+        .await
+        .map_err(|_| WireError::new(ErrorCode::Unavailable, "shutting down"))?;
     let ok = tokio::task::spawn_blocking(move || {
         let phc = phc.unwrap_or_else(|| {
             DUMMY_HASH

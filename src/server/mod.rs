@@ -107,7 +107,8 @@ pub async fn serve(
     drop(listener);
     state.ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
-    hub.close_all(crate::protocol::close::GOING_AWAY, "server shutting down");
+    hub.drain_and_close(crate::protocol::close::GOING_AWAY, "server shutting down")
+        .await;
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     drop(state);
     if tokio::time::timeout(grace, alive_rx.recv()).await.is_err() {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 const SUBPROTOCOL: &str = "confab";
 
@@ -162,10 +162,43 @@ fn find_token(req: &Request<Incoming>) -> Option<(String, bool)> {
     None
 }
 
-/// Control frames the reader asks the writer to send.
-enum Control {
-    Pong(Vec<u8>),
-    Close(u16, &'static str),
+/// What the reader asks the writer to send: a pong, or a close. Shared by the session's two
+/// tasks; lighter than a channel, which matters at tens of thousands of idle connections.
+#[derive(Default)]
+struct Control {
+    state: parking_lot::Mutex<ControlState>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct ControlState {
+    pong: Option<Vec<u8>>,
+    close: Option<(u16, &'static str)>,
+    reader_done: bool,
+}
+
+impl Control {
+    fn pong(&self, payload: &[u8]) {
+        // Only the latest ping needs an answer (RFC 6455 §5.5.3).
+        self.state.lock().pong = Some(payload.to_vec());
+        self.notify.notify_one();
+    }
+
+    fn close(&self, code: u16, reason: &'static str) {
+        let mut st = self.state.lock();
+        st.close.get_or_insert((code, reason));
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    fn reader_done(&self) {
+        self.state.lock().reader_done = true;
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> ControlState {
+        std::mem::take(&mut *self.state.lock())
+    }
 }
 
 #[derive(Serialize)]
@@ -204,13 +237,20 @@ async fn run_session(
         }
     };
     let (read, write) = parts.io.into_inner().into_split();
-    let read = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(parts.read_buf), read);
-    let (mut rx, mut tx) =
-        fastwebsockets::after_handshake_split(read, CoalescingWriter::new(write), Role::Server);
-    rx.set_auto_close(false);
-    rx.set_auto_pong(false);
-    // `payload_len >= max` is refused, so allow exactly max_frame_bytes.
-    rx.set_max_message_size(st.config.limits.max_frame_bytes + 1);
+    // Bytes the client sent right behind its handshake. Copied, so hyper's whole read buffer
+    // is not kept alive for the life of the connection.
+    let early = bytes::Bytes::copy_from_slice(&parts.read_buf);
+    drop(parts.read_buf);
+    let read_total = AtomicU64::new(0);
+    let mut source = CountingRead {
+        inner: tokio::io::AsyncReadExt::chain(std::io::Cursor::new(early), read),
+        total: &read_total,
+    };
+    let (_, mut tx) = fastwebsockets::after_handshake_split(
+        tokio::io::empty(),
+        CoalescingWriter::new(write),
+        Role::Server,
+    );
     tx.set_writev(false);
 
     let conn = st.hub.connect(&me.user_id, &me.name);
@@ -236,11 +276,11 @@ async fn run_session(
 
     let last_seen = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let (ctrl_tx, ctrl_rx) = mpsc::channel::<Control>(8);
+    let control = Arc::new(Control::default());
     let writer = tokio::spawn(write_loop(
         tx,
         conn.outbox.clone(),
-        ctrl_rx,
+        control.clone(),
         WriterTimers {
             heartbeat: Duration::from_secs(st.config.server.heartbeat_interval_secs),
             idle: Duration::from_secs(st.config.server.idle_timeout_secs),
@@ -250,7 +290,10 @@ async fn run_session(
         },
         st.metrics.clone(),
     ));
-    let reader = read_loop(st, &mut rx, &conn, ctrl_tx, &last_seen, started);
+    let reader = async {
+        read_loop(st, &mut source, &conn, &control, &last_seen, started).await;
+        control.reader_done();
+    };
     tokio::pin!(reader);
     tokio::pin!(writer);
     tokio::select! {
@@ -279,7 +322,7 @@ struct WriterTimers {
 async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     mut tx: fastwebsockets::WebSocketWrite<W>,
     outbox: Arc<crate::chat::Outbox>,
-    mut ctrl: mpsc::Receiver<Control>,
+    ctrl: Arc<Control>,
     t: WriterTimers,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
@@ -342,11 +385,17 @@ async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
         }
         tokio::select! {
             _ = outbox.ready() => {}
-            c = ctrl.recv() => match c {
-                Some(Control::Pong(p)) => pong = Some(p),
-                Some(Control::Close(code, reason)) => close = Some((code, reason)),
-                None => return,
-            },
+            _ = ctrl.notify.notified() => {
+                let c = ctrl.take();
+                if c.pong.is_some() {
+                    pong = c.pong;
+                }
+                if let Some(req) = c.close {
+                    close = Some(req);
+                } else if c.reader_done {
+                    return;
+                }
+            }
             _ = ping.tick() => {
                 let seen = Duration::from_millis(t.last_seen.load(Ordering::Relaxed));
                 if t.started.elapsed().saturating_sub(seen) > t.idle {
@@ -360,95 +409,157 @@ async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     }
 }
 
-async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
+/// Counts the bytes the WebSocket reader pulls from the socket.
+struct CountingRead<'a, R> {
+    inner: R,
+    total: &'a AtomicU64,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountingRead<'_, R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.total.fetch_add(n, Ordering::Relaxed);
+        res
+    }
+}
+
+type SocketSource<'a> =
+    CountingRead<'a, tokio::io::Chain<std::io::Cursor<Bytes>, tokio::net::tcp::OwnedReadHalf>>;
+
+/// Reads frames and answers them. The fastwebsockets reader (and its 8 KiB buffer) lives only
+/// while a burst of frames is being read: once every byte taken from the socket belongs to a
+/// frame already handled, it is dropped and the session waits for readability holding no
+/// buffer. That is most of the memory of an idle connection (see the commit measuring it).
+async fn read_loop(
     st: &AppState,
-    rx: &mut fastwebsockets::WebSocketRead<R>,
+    source: &mut SocketSource<'_>,
     conn: &Connection,
-    ctrl: mpsc::Sender<Control>,
+    ctrl: &Control,
     last_seen: &AtomicU64,
     started: Instant,
 ) {
     let max = st.config.limits.max_frame_bytes;
     let mut partial: Option<Vec<u8>> = None;
     let mut no_obligations = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
+    let total = source.total;
+    let mut consumed: u64 = 0;
     loop {
-        let frame = match rx.read_frame(&mut no_obligations).await {
+        let (early, tcp) = source.inner.get_ref();
+        if early.position() as usize >= early.get_ref().len() && tcp.readable().await.is_err() {
+            return;
+        }
+        let (mut rx, _) =
+            fastwebsockets::after_handshake_split(&mut *source, tokio::io::sink(), Role::Server);
+        rx.set_auto_close(false);
+        rx.set_auto_pong(false);
+        // `payload_len >= max` is refused, so allow exactly max_frame_bytes.
+        rx.set_max_message_size(max + 1);
+        loop {
+            if read_one(
+                st,
+                &mut rx,
+                &mut no_obligations,
+                conn,
+                ctrl,
+                &mut partial,
+                max,
+                &mut consumed,
+                last_seen,
+                started,
+            )
+            .await
+            .is_break()
+            {
+                return;
+            }
+            if total.load(Ordering::Relaxed) == consumed {
+                break;
+            }
+        }
+    }
+}
+
+/// Reads and handles one frame; `Break` ends the session.
+#[allow(clippy::too_many_arguments)]
+async fn read_one<R: tokio::io::AsyncRead + Unpin, F, Fut>(
+    st: &AppState,
+    rx: &mut fastwebsockets::WebSocketRead<R>,
+    no_obligations: &mut F,
+    conn: &Connection,
+    ctrl: &Control,
+    partial: &mut Option<Vec<u8>>,
+    max: usize,
+    consumed: &mut u64,
+    last_seen: &AtomicU64,
+    started: Instant,
+) -> std::ops::ControlFlow<()>
+where
+    F: FnMut(Frame<'_>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), std::io::Error>>,
+{
+    use std::ops::ControlFlow::{Break, Continue};
+    {
+        let frame = match rx.read_frame(no_obligations).await {
             Ok(f) => f,
             Err(e) => {
                 let (code, reason) = match e {
                     WebSocketError::FrameTooLarge => (close::TOO_BIG, "frame too large"),
                     WebSocketError::InvalidUTF8 => (close::INVALID_DATA, "invalid UTF-8"),
-                    WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => return,
+                    WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => return Break(()),
                     _ => (close::PROTOCOL_ERROR, "protocol error"),
                 };
                 tracing::info!(conn = conn.id, error = %e, "closing websocket");
-                let _ = ctrl.send(Control::Close(code, reason)).await;
-                return;
+                ctrl.close(code, reason);
+                return Break(());
             }
         };
         last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let mut head = [0u8; 16];
         let mut f = frame;
-        f.fmt_head(&mut head);
+        // The header as received: same length field, same mask, so the same size.
+        let head_len = f.fmt_head(&mut head);
+        *consumed += (head_len + f.payload.len()) as u64;
         if head[1] & 0x80 == 0 {
             // RFC 6455 §5.1: a server must close on an unmasked client frame.
-            let _ = ctrl
-                .send(Control::Close(
-                    close::PROTOCOL_ERROR,
-                    "client frames must be masked",
-                ))
-                .await;
-            return;
+            ctrl.close(close::PROTOCOL_ERROR, "client frames must be masked");
+            return Break(());
         }
         match f.opcode {
             OpCode::Text if f.fin => {
                 if partial.is_some() {
-                    let _ = ctrl
-                        .send(Control::Close(
-                            close::PROTOCOL_ERROR,
-                            "expected a continuation frame",
-                        ))
-                        .await;
-                    return;
+                    ctrl.close(close::PROTOCOL_ERROR, "expected a continuation frame");
+                    return Break(());
                 }
                 handle_text(st, conn, &f.payload).await;
             }
             OpCode::Text => {
                 if partial.is_some() {
-                    let _ = ctrl
-                        .send(Control::Close(
-                            close::PROTOCOL_ERROR,
-                            "expected a continuation frame",
-                        ))
-                        .await;
-                    return;
+                    ctrl.close(close::PROTOCOL_ERROR, "expected a continuation frame");
+                    return Break(());
                 }
-                partial = Some(f.payload.to_vec());
+                *partial = Some(f.payload.to_vec());
             }
             OpCode::Continuation => {
                 let Some(buf) = partial.as_mut() else {
-                    let _ = ctrl
-                        .send(Control::Close(
-                            close::PROTOCOL_ERROR,
-                            "unexpected continuation frame",
-                        ))
-                        .await;
-                    return;
+                    ctrl.close(close::PROTOCOL_ERROR, "unexpected continuation frame");
+                    return Break(());
                 };
                 if buf.len() + f.payload.len() > max {
-                    let _ = ctrl
-                        .send(Control::Close(close::TOO_BIG, "message too large"))
-                        .await;
-                    return;
+                    ctrl.close(close::TOO_BIG, "message too large");
+                    return Break(());
                 }
                 buf.extend_from_slice(&f.payload);
                 if f.fin {
                     let whole = partial.take().unwrap_or_default();
                     if std::str::from_utf8(&whole).is_err() {
-                        let _ = ctrl
-                            .send(Control::Close(close::INVALID_DATA, "invalid UTF-8"))
-                            .await;
-                        return;
+                        ctrl.close(close::INVALID_DATA, "invalid UTF-8");
+                        return Break(());
                     }
                     handle_text(st, conn, &whole).await;
                 }
@@ -463,15 +574,16 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
             }
             OpCode::Close => {
                 // Answer once (fastwebsockets' auto-close would answer twice).
-                let _ = ctrl.send(Control::Close(close::NORMAL, "")).await;
-                return;
+                ctrl.close(close::NORMAL, "");
+                return Break(());
             }
             OpCode::Ping => {
-                let _ = ctrl.try_send(Control::Pong(f.payload.to_vec()));
+                ctrl.pong(&f.payload);
             }
             OpCode::Pong => {}
         }
     }
+    Continue(())
 }
 
 /// Parses one request and answers it on the connection's outbox.

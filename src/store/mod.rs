@@ -74,13 +74,15 @@ struct Inner {
     db: Arc<Database>,
     path: PathBuf,
     node_id: u16,
-    queue: std::sync::mpsc::SyncSender<writer::Job>,
+    queue: std::sync::mpsc::Sender<writer::Job>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     closed: AtomicBool,
     writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     metrics: Arc<Metrics>,
 }
 
-/// Most writes waiting for the writer; past this, writes fail fast with `Overloaded`.
+/// Most writes waiting for the writer; past this, writes fail fast with `Overloaded`. Counted
+/// rather than a `sync_channel`, which would allocate every slot up front (~8 MB).
 const QUEUE_CAPACITY: usize = 65_536;
 
 /// What `Store::open` found on disk: every room with its members, and every known user.
@@ -103,10 +105,12 @@ impl Store {
         let db = Database::builder().create(&path)?;
         let (node_id, last_id) = tables::init(&db, configured_node)?;
         let db = Arc::new(db);
-        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let handle = writer::spawn(
             db.clone(),
             rx,
+            queued.clone(),
             crate::model::IdGenerator::new(node_id, last_id),
             max_batch,
             metrics.clone(),
@@ -117,6 +121,7 @@ impl Store {
                 path,
                 node_id,
                 queue: tx,
+                queued,
                 closed: AtomicBool::new(false),
                 writer: parking_lot::Mutex::new(Some(handle)),
                 metrics,
@@ -140,15 +145,17 @@ impl Store {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
+        if self.inner.queued.fetch_add(1, Ordering::AcqRel) >= QUEUE_CAPACITY {
+            self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(StoreError::Overloaded);
+        }
         self.inner.metrics.write_queue_depth.inc();
-        match self.inner.queue.try_send(writer::Job::Write(op, done)) {
+        match self.inner.queue.send(writer::Job::Write(op, done)) {
             Ok(()) => Ok(()),
-            Err(e) => {
+            Err(_) => {
+                self.inner.queued.fetch_sub(1, Ordering::AcqRel);
                 self.inner.metrics.write_queue_depth.dec();
-                Err(match e {
-                    std::sync::mpsc::TrySendError::Full(_) => StoreError::Overloaded,
-                    std::sync::mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
-                })
+                Err(StoreError::Closed)
             }
         }
     }

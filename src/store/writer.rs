@@ -9,6 +9,7 @@ use crate::model::{
 };
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
@@ -65,6 +66,8 @@ pub enum WriteOp {
         account: Account,
     },
     SaveUser(User),
+    /// Writes nothing; completes once every write queued before it has completed.
+    Barrier,
 }
 
 /// What a write did.
@@ -95,6 +98,7 @@ pub enum WriteOutput {
     },
     AccountCreated,
     UserSaved,
+    Barrier,
 }
 
 pub(super) enum Job {
@@ -105,19 +109,21 @@ pub(super) enum Job {
 pub(super) fn spawn(
     db: Arc<Database>,
     rx: Receiver<Job>,
+    queued: Arc<AtomicUsize>,
     ids: IdGenerator,
     max_batch: usize,
     metrics: Arc<Metrics>,
 ) -> Result<std::thread::JoinHandle<()>, StoreError> {
     let handle = std::thread::Builder::new()
         .name("confab-store-writer".into())
-        .spawn(move || run(&db, &rx, ids, max_batch, &metrics))?;
+        .spawn(move || run(&db, &rx, &queued, ids, max_batch, &metrics))?;
     Ok(handle)
 }
 
 fn run(
     db: &Database,
     rx: &Receiver<Job>,
+    queued: &AtomicUsize,
     mut ids: IdGenerator,
     max_batch: usize,
     metrics: &Metrics,
@@ -140,6 +146,7 @@ fn run(
                 Err(_) => break,
             }
         }
+        queued.fetch_sub(batch.len(), Ordering::AcqRel);
         metrics.write_queue_depth.dec_by(batch.len() as i64);
         let started = Instant::now();
         let n = batch.len();
@@ -156,6 +163,7 @@ fn run(
     // Drain what raced with the stop: refuse it rather than leave callers waiting.
     while let Ok(job) = rx.try_recv() {
         if let Job::Write(_, done) = job {
+            queued.fetch_sub(1, Ordering::AcqRel);
             metrics.write_queue_depth.dec();
             done(Err(StoreError::Closed));
         }
@@ -441,6 +449,7 @@ fn apply(
             t.users.insert(&*user.id, encode(&user).as_slice())?;
             Ok(WriteOutput::AccountCreated)
         }
+        WriteOp::Barrier => Ok(WriteOutput::Barrier),
         WriteOp::SaveUser(user) => {
             t.users.insert(&*user.id, encode(&user).as_slice())?;
             Ok(WriteOutput::UserSaved)

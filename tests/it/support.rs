@@ -965,11 +965,6 @@ pub fn assert_message_shape(m: &Value) {
     );
 }
 
-/// Returns the path inside the temp dir, for tests that write files of their own.
-pub fn path_in(server: &Server, name: &str) -> PathBuf {
-    server.dir.path().join(name)
-}
-
 /// True if any string anywhere inside `v` equals `needle`.
 pub fn mentions(v: &Value, needle: &str) -> bool {
     match v {
