@@ -77,6 +77,14 @@ stop_server() {
 }
 trap stop_server EXIT INT TERM
 
+# The load generator is one client IP opening thousands of connections and a handful of
+# senders at machine speed: lift the per-human rate limits for the benchmark (they are
+# measured, not bypassed: the buckets are still checked on every message).
+export CONFAB_RATE_LIMITS__MESSAGES_PER_SEC=1000000 CONFAB_RATE_LIMITS__MESSAGES_BURST=1000000 \
+    CONFAB_RATE_LIMITS__USER_MESSAGES_PER_SEC=1000000 CONFAB_RATE_LIMITS__USER_MESSAGES_BURST=1000000 \
+    CONFAB_RATE_LIMITS__JOINS_PER_SEC=1000000 CONFAB_RATE_LIMITS__JOINS_BURST=1000000 \
+    CONFAB_RATE_LIMITS__CONNECTS_PER_SEC_PER_IP=1000000 CONFAB_RATE_LIMITS__CONNECTS_BURST_PER_IP=1000000
+
 # Starts a server on a fresh data directory; sets SERVER_PID, DATA_DIR and URL.
 start_server() {
     DATA_DIR=$(mktemp -d)

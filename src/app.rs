@@ -41,7 +41,13 @@ impl App {
             config.storage.max_batch,
             metrics.clone(),
         )?;
-        let hub = Hub::new(store.clone(), config.limits.clone(), metrics.clone())?;
+        let hub = Hub::new(
+            store.clone(),
+            config.limits.clone(),
+            config.rate_limits.clone(),
+            config.presence.clone(),
+            metrics.clone(),
+        )?;
         Ok(Self {
             config: Arc::new(config),
             store,
@@ -57,6 +63,7 @@ impl App {
 
     /// Serves until `shutdown` resolves, then closes everything in order.
     pub async fn run(self, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+        let ticker = self.hub.start_ticker();
         crate::server::serve(
             listener,
             self.hub.clone(),
@@ -66,6 +73,7 @@ impl App {
             shutdown,
         )
         .await;
+        ticker.abort();
         let store = self.store.clone();
         // Commits everything already queued, then stops the writer thread.
         let _ = tokio::task::spawn_blocking(move || store.close()).await;

@@ -149,6 +149,8 @@ pub struct Limits {
     pub history_max_page: u32,
     pub max_room_name_chars: usize,
     pub max_room_topic_chars: usize,
+    pub max_rooms_per_user: usize,
+    pub max_connections_per_user: usize,
 }
 
 impl Default for Limits {
@@ -160,6 +162,57 @@ impl Default for Limits {
             history_max_page: 200,
             max_room_name_chars: 80,
             max_room_topic_chars: 500,
+            max_rooms_per_user: 1000,
+            max_connections_per_user: 32,
+        }
+    }
+}
+
+/// Token buckets: a steady rate per second and a burst.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RateLimits {
+    pub messages_per_sec: u32,
+    pub messages_burst: u32,
+    pub user_messages_per_sec: u32,
+    pub user_messages_burst: u32,
+    pub typing_per_sec: u32,
+    pub typing_burst: u32,
+    pub joins_per_sec: u32,
+    pub joins_burst: u32,
+    pub connects_per_sec_per_ip: u32,
+    pub connects_burst_per_ip: u32,
+    pub abuse_strikes: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            messages_per_sec: 10,
+            messages_burst: 30,
+            user_messages_per_sec: 20,
+            user_messages_burst: 60,
+            typing_per_sec: 2,
+            typing_burst: 6,
+            joins_per_sec: 1,
+            joins_burst: 20,
+            connects_per_sec_per_ip: 10,
+            connects_burst_per_ip: 50,
+            abuse_strikes: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PresenceConfig {
+    pub offline_grace_secs: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            offline_grace_secs: 5,
         }
     }
 }
@@ -203,6 +256,8 @@ pub struct RawConfig {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub limits: Limits,
+    pub rate_limits: RateLimits,
+    pub presence: PresenceConfig,
     pub node: NodeConfig,
     pub log: LogConfig,
 }
@@ -215,6 +270,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub limits: Limits,
+    pub rate_limits: RateLimits,
+    pub presence: PresenceConfig,
     pub node: NodeConfig,
     pub log: LogConfig,
 }
@@ -419,6 +476,33 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let r = &raw.rate_limits;
+    for (key, v) in [
+        ("rate_limits.messages_per_sec", r.messages_per_sec),
+        ("rate_limits.messages_burst", r.messages_burst),
+        ("rate_limits.user_messages_per_sec", r.user_messages_per_sec),
+        ("rate_limits.user_messages_burst", r.user_messages_burst),
+        ("rate_limits.typing_per_sec", r.typing_per_sec),
+        ("rate_limits.typing_burst", r.typing_burst),
+        ("rate_limits.joins_per_sec", r.joins_per_sec),
+        ("rate_limits.joins_burst", r.joins_burst),
+        (
+            "rate_limits.connects_per_sec_per_ip",
+            r.connects_per_sec_per_ip,
+        ),
+        ("rate_limits.connects_burst_per_ip", r.connects_burst_per_ip),
+        ("rate_limits.abuse_strikes", r.abuse_strikes),
+    ] {
+        if v == 0 {
+            return Err(invalid(key, "must be at least 1"));
+        }
+    }
+    if raw.limits.max_rooms_per_user == 0 || raw.limits.max_connections_per_user == 0 {
+        return Err(invalid(
+            "limits.max_rooms_per_user",
+            "room and connection caps must be at least 1",
+        ));
+    }
     if raw.auth.token_ttl_secs == 0 {
         return Err(invalid("auth.token_ttl_secs", "must be at least 1"));
     }
@@ -428,6 +512,8 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         storage: raw.storage,
         auth: raw.auth,
         limits: raw.limits,
+        rate_limits: raw.rate_limits,
+        presence: raw.presence,
         node: raw.node,
         log: raw.log,
     })
@@ -479,6 +565,8 @@ mod tests {
             storage: loaded.config.storage,
             auth: loaded.config.auth,
             limits: loaded.config.limits,
+            rate_limits: loaded.config.rate_limits,
+            presence: loaded.config.presence,
             node: loaded.config.node,
             log: loaded.config.log,
         })

@@ -19,6 +19,12 @@ pub enum ChatError {
     Conflict(&'static str),
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Over a rate limit; retry after this many milliseconds.
+    #[error("rate limited; retry in {0} ms")]
+    RateLimited(u64),
+    /// Over a count limit (rooms, connections per user).
+    #[error("{0}")]
+    LimitReached(&'static str),
     #[error("storage failure")]
     Storage(#[source] StoreError),
 }
@@ -46,6 +52,12 @@ impl ChatError {
             ChatError::TooLarge(_) => ErrorCode::TooLarge,
             ChatError::Conflict(_) => ErrorCode::Conflict,
             ChatError::Unavailable(_) => ErrorCode::Unavailable,
+            ChatError::RateLimited(ms) => {
+                let mut w = WireError::new(ErrorCode::RateLimited, self.to_string());
+                w.retry_after_ms = Some(*ms);
+                return w;
+            }
+            ChatError::LimitReached(_) => ErrorCode::RateLimited,
             ChatError::Storage(e) => {
                 tracing::error!(error = %e, "storage failure answered as internal");
                 return WireError::new(ErrorCode::Internal, "internal error; nothing was saved");

@@ -5,13 +5,19 @@
 //! order. It knows no transport: connections are `Outbox`es of encoded frames.
 
 mod error;
+pub mod limits;
+mod live;
 mod outbox;
+mod receipts;
+mod sync;
 mod validate;
 
 pub use error::ChatError;
 pub use outbox::{CloseRequest, Outbox, Pushed};
+pub use receipts::MessageReceipts;
+pub use sync::SyncAnswer;
 
-use crate::config::Limits;
+use crate::config::{Limits, PresenceConfig, RateLimits};
 use crate::metrics::Metrics;
 use crate::model::{
     Id, Member, Message, MessageType, Role, Room, RoomKind, User, UserId, Visibility,
@@ -25,12 +31,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A room as clients see it: the record plus its member count.
+/// A room as clients see it: the record plus its member count (and, in `list_rooms`, the
+/// caller's unread count and read watermark).
 #[derive(Debug, Clone, Serialize)]
 pub struct RoomInfo {
     #[serde(flatten)]
     pub room: Room,
     pub member_count: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread_count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_up_to: Option<Id>,
 }
 
 /// A member as clients see it: with the display name.
@@ -40,6 +51,8 @@ pub struct MemberInfo {
     pub name: String,
     pub role: Role,
     pub joined_at: u64,
+    pub presence: &'static str,
+    pub last_seen: Option<u64>,
 }
 
 /// The answer to a send: the stored message, and whether it was a retry of an earlier send.
@@ -76,19 +89,43 @@ pub struct NewMessage {
     pub content: String,
 }
 
+/// Unread counts stop at this (clients show "9999+").
+const UNREAD_CAP: usize = 10_000;
+
 /// Each user's open connections on this node, by connection id.
 type LocalConnections = HashMap<UserId, Vec<(u64, Arc<Outbox>)>>;
 
 struct RoomEntry {
     room: Room,
     members: HashMap<UserId, Member>,
+    /// Newest message id in the room: receipts never point past it.
+    last_message: Id,
+}
+
+impl RoomEntry {
+    fn info(&self) -> RoomInfo {
+        RoomInfo {
+            room: self.room.clone(),
+            member_count: self.members.len(),
+            unread_count: None,
+            read_up_to: None,
+        }
+    }
+
+    fn new(room: Room) -> Self {
+        Self {
+            room,
+            members: HashMap::new(),
+            last_message: Id(0),
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
     rooms: HashMap<Id, RoomEntry>,
     user_rooms: HashMap<UserId, HashSet<Id>>,
-    names: HashMap<UserId, String>,
+    users: HashMap<UserId, User>,
 }
 
 impl State {
@@ -112,31 +149,46 @@ impl State {
     }
 
     fn info(&self, room: Id) -> Option<RoomInfo> {
-        self.rooms.get(&room).map(|r| RoomInfo {
-            room: r.room.clone(),
-            member_count: r.members.len(),
-        })
+        self.rooms.get(&room).map(RoomEntry::info)
     }
 
-    fn member_info(&self, m: &Member) -> MemberInfo {
-        MemberInfo {
-            user_id: m.user_id.clone(),
-            name: self
-                .names
-                .get(&m.user_id)
-                .cloned()
-                .unwrap_or_else(|| m.user_id.to_string()),
-            role: m.role,
-            joined_at: m.joined_at,
-        }
+    fn name_of(&self, user: &UserId) -> String {
+        self.users
+            .get(user)
+            .map(|u| u.name.clone())
+            .unwrap_or_else(|| user.to_string())
+    }
+
+    fn rooms_of(&self, user: &UserId) -> usize {
+        self.user_rooms.get(user).map_or(0, HashSet::len)
     }
 }
 
-/// A live connection registered with the hub.
+/// A connection registered with the hub. It receives room events once it is live: at once,
+/// or (for a catching-up connection) when its `sync` completes.
 pub struct Connection {
     pub id: u64,
     pub user: UserId,
     pub outbox: Arc<Outbox>,
+    live: std::sync::atomic::AtomicBool,
+    messages: limits::Bucket,
+    typing: limits::Bucket,
+}
+
+impl Connection {
+    /// Takes a message token from this connection's bucket (sends, edits, deletes).
+    pub fn take_message_token(&self) -> Result<(), ChatError> {
+        self.messages.take()
+    }
+
+    /// Takes a typing token from this connection's bucket.
+    pub fn take_typing_token(&self) -> Result<(), ChatError> {
+        self.typing.take()
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
 }
 
 /// The hub. Shared as `Arc<Hub>`.
@@ -144,6 +196,11 @@ pub struct Hub {
     store: Store,
     metrics: Arc<Metrics>,
     limits: Limits,
+    rate: RateLimits,
+    presence_cfg: PresenceConfig,
+    user_messages: limits::UserBuckets,
+    user_joins: limits::UserBuckets,
+    live: parking_lot::Mutex<live::LiveState>,
     state: RwLock<State>,
     // Lock order: `state` before `conns`, never the other way.
     conns: RwLock<LocalConnections>,
@@ -161,33 +218,39 @@ struct MessageEvent<'a> {
 }
 
 impl Hub {
-    /// Builds the hub over an opened store, loading rooms, members and names into memory.
+    /// Builds the hub over an opened store, loading rooms, members and users into memory.
     pub fn new(
         store: Store,
         limits: Limits,
+        rate: RateLimits,
+        presence_cfg: PresenceConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, ChatError> {
         let snap = store.snapshot()?;
         let mut state = State::default();
         for (room, members) in snap.rooms {
             let id = room.id;
-            state.rooms.insert(
-                id,
-                RoomEntry {
-                    room,
-                    members: HashMap::new(),
-                },
-            );
+            let mut entry = RoomEntry::new(room);
+            entry.last_message = store.last_message_id_blocking(id)?;
+            state.rooms.insert(id, entry);
             for m in members {
                 state.add_member(id, m);
             }
         }
         for u in snap.users {
-            state.names.insert(u.id, u.name);
+            state.users.insert(u.id.clone(), u);
         }
         Ok(Arc::new(Self {
             store,
             metrics,
+            user_messages: limits::UserBuckets::new(
+                rate.user_messages_per_sec,
+                rate.user_messages_burst,
+            ),
+            user_joins: limits::UserBuckets::new(rate.joins_per_sec, rate.joins_burst),
+            rate,
+            presence_cfg,
+            live: parking_lot::Mutex::new(live::LiveState::default()),
             limits,
             state: RwLock::new(state),
             conns: RwLock::new(HashMap::new()),
@@ -203,32 +266,60 @@ impl Hub {
         &self.store
     }
 
-    /// Registers a connection for `user` and remembers their display name.
-    pub fn connect(self: &Arc<Self>, user: &UserId, name: &str) -> Connection {
-        self.remember_name(user, name);
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let outbox = Arc::new(Outbox::new(self.limits.outbound_queue_bytes));
-        self.conns
-            .write()
-            .entry(user.clone())
-            .or_default()
-            .push((id, outbox.clone()));
-        Connection {
-            id,
-            user: user.clone(),
-            outbox,
-        }
+    /// How many connections `user` has open, for the per-user cap.
+    pub fn connection_count(&self, user: &UserId) -> usize {
+        self.live.lock().connections(user)
     }
 
-    /// Forgets a connection.
+    /// Registers a connection for `user`, remembers their display name and marks them online.
+    /// A `catching_up` connection gets no room events until its `sync` completes.
+    pub fn connect(
+        self: &Arc<Self>,
+        user: &UserId,
+        name: &str,
+        catching_up: bool,
+    ) -> Arc<Connection> {
+        self.remember_name(user, name);
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Connection {
+            id,
+            user: user.clone(),
+            outbox: Arc::new(Outbox::new(self.limits.outbound_queue_bytes)),
+            live: std::sync::atomic::AtomicBool::new(false),
+            messages: limits::Bucket::new(self.rate.messages_per_sec, self.rate.messages_burst),
+            typing: limits::Bucket::new(self.rate.typing_per_sec, self.rate.typing_burst),
+        });
+        if !catching_up {
+            self.go_live(&conn);
+        }
+        self.user_connected(user);
+        conn
+    }
+
+    /// Starts room events for a connection (at connect, or when its catch-up completes).
+    fn go_live(&self, conn: &Connection) {
+        if conn.live.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.conns
+            .write()
+            .entry(conn.user.clone())
+            .or_default()
+            .push((conn.id, conn.outbox.clone()));
+    }
+
+    /// Forgets a connection; the user goes offline after the grace if it was their last.
     pub fn disconnect(&self, conn: &Connection) {
-        let mut conns = self.conns.write();
-        if let Some(list) = conns.get_mut(&conn.user) {
-            list.retain(|(id, _)| *id != conn.id);
-            if list.is_empty() {
-                conns.remove(&conn.user);
+        {
+            let mut conns = self.conns.write();
+            if let Some(list) = conns.get_mut(&conn.user) {
+                list.retain(|(id, _)| *id != conn.id);
+                if list.is_empty() {
+                    conns.remove(&conn.user);
+                }
             }
         }
+        self.user_disconnected(&conn.user);
     }
 
     /// For shutdown: waits until every write already queued is durable and its ack and
@@ -251,26 +342,72 @@ impl Hub {
 
     /// Stores a display name the first time it is seen or when it changes.
     pub fn remember_name(self: &Arc<Self>, user: &UserId, name: &str) {
-        if self.state.read().names.get(user).map(String::as_str) == Some(name) {
-            return;
-        }
-        let hub = self.clone();
-        let u = User {
-            id: user.clone(),
-            name: name.to_owned(),
+        let u = {
+            let st = self.state.read();
+            match st.users.get(user) {
+                Some(u) if u.name == name => return,
+                Some(u) => User {
+                    name: name.to_owned(),
+                    ..u.clone()
+                },
+                None => User::new(user.clone(), name.to_owned()),
+            }
         };
-        let (id, n) = (u.id.clone(), u.name.clone());
+        self.save_user(u);
+    }
+
+    /// Persists a user record, then updates memory.
+    fn save_user(self: &Arc<Self>, u: User) {
+        let hub = self.clone();
+        let saved = u.clone();
         let res = self.store.submit(
             WriteOp::SaveUser(u),
             Box::new(move |r| {
                 if r.is_ok() {
-                    hub.state.write().names.insert(id, n);
+                    hub.state.write().users.insert(saved.id.clone(), saved);
                 }
             }),
         );
         if let Err(e) = res {
-            tracing::warn!(error = %e, "could not save a display name");
+            tracing::warn!(error = %e, "could not save a user record");
         }
+    }
+
+    /// A user's settings as clients see them.
+    pub fn settings(&self, user: &UserId) -> serde_json::Value {
+        let private = self
+            .state
+            .read()
+            .users
+            .get(user)
+            .is_some_and(|u| u.private_receipts);
+        serde_json::json!({ "private_receipts": private })
+    }
+
+    /// Changes a user's settings (durably) and returns them.
+    pub async fn set_settings(
+        self: &Arc<Self>,
+        user: &UserId,
+        private_receipts: Option<bool>,
+    ) -> Result<serde_json::Value, ChatError> {
+        if let Some(p) = private_receipts {
+            let u = {
+                let st = self.state.read();
+                let mut u = st
+                    .users
+                    .get(user)
+                    .cloned()
+                    .unwrap_or_else(|| User::new(user.clone(), user.to_string()));
+                u.private_receipts = p;
+                u
+            };
+            let saved = u.clone();
+            self.write_then(WriteOp::SaveUser(u), move |hub, _| {
+                hub.state.write().users.insert(saved.id.clone(), saved);
+            })
+            .await?;
+        }
+        Ok(self.settings(user))
     }
 
     fn is_member(&self, room: Id, user: &UserId) -> Option<Role> {
@@ -360,6 +497,7 @@ impl Hub {
         validate::client_msg_id(&msg.client_msg_id)?;
         validate::content(&msg.content, self.limits.max_message_bytes)?;
         self.require_member(msg.room_id, user)?;
+        self.user_messages.take(user)?;
         let hub = self.clone();
         let op = WriteOp::AppendMessage {
             room: msg.room_id,
@@ -382,6 +520,7 @@ impl Hub {
             Ok(_) => Err(ChatError::Unavailable("unexpected storage answer")),
             Err(e) => Err(e),
         };
+        let ack_id = ack.as_ref().map(|a| a.message.id).map_err(|_| ());
         let fanout = match &ack {
             Ok(a) if !a.duplicate => Some((
                 a.message.room_id,
@@ -409,6 +548,11 @@ impl Hub {
         }
         if let Some((room, frame)) = fanout {
             self.metrics.messages_in.inc();
+            if let Ok(a) = &ack_id
+                && let Some(r) = self.state.write().rooms.get_mut(&room)
+            {
+                r.last_message = r.last_message.max(*a);
+            }
             self.broadcast(room, &frame);
         }
     }
@@ -435,6 +579,7 @@ impl Hub {
     ) -> Result<Message, ChatError> {
         validate::content(&content, self.limits.max_message_bytes)?;
         let role = self.require_member(room, user)?;
+        self.user_messages.take(user)?;
         let op = WriteOp::EditMessage {
             room,
             id,
@@ -453,6 +598,7 @@ impl Hub {
         id: Id,
     ) -> Result<Message, ChatError> {
         let role = self.require_member(room, user)?;
+        self.user_messages.take(user)?;
         let op = WriteOp::DeleteMessage {
             room,
             id,
@@ -469,9 +615,14 @@ impl Hub {
     ) -> Result<Message, ChatError> {
         let out = self
             .write_then(op, move |hub, out| {
-                if let WriteOutput::MessageChanged(m) = out {
-                    let frame = protocol::event(event, &MessageEvent { message: m });
-                    hub.broadcast(m.room_id, &frame);
+                if let WriteOutput::MessageChanged { message, seq } = out {
+                    #[derive(Serialize)]
+                    struct Changed<'a> {
+                        message: &'a Message,
+                        seq: Id,
+                    }
+                    let frame = protocol::event(event, &Changed { message, seq: *seq });
+                    hub.broadcast(message.room_id, &frame);
                 }
             })
             .await
@@ -483,7 +634,7 @@ impl Hub {
                 other => other,
             })?;
         match out {
-            WriteOutput::MessageChanged(m) => Ok(m),
+            WriteOutput::MessageChanged { message, .. } => Ok(message),
             _ => Err(ChatError::Unavailable("unexpected storage answer")),
         }
     }
@@ -512,10 +663,11 @@ impl Hub {
             }
             Some(l) => l,
         };
-        let (messages, has_more) = self
+        let (mut messages, has_more) = self
             .store
             .history(room, before, after, limit as usize)
             .await?;
+        self.apply_status(room, messages.iter_mut());
         Ok(HistoryPage { messages, has_more })
     }
 
@@ -531,6 +683,8 @@ impl Hub {
     ) -> Result<RoomInfo, ChatError> {
         let name = validate::room_name(name, self.limits.max_room_name_chars)?;
         let topic = validate::topic(topic, self.limits.max_room_topic_chars)?;
+        self.user_joins.take(user)?;
+        self.check_room_cap(user)?;
         let op = WriteOp::CreateRoom {
             name,
             topic,
@@ -542,13 +696,7 @@ impl Hub {
                 if let WriteOutput::RoomCreated { room, owner } = out {
                     let info = {
                         let mut st = hub.state.write();
-                        st.rooms.insert(
-                            room.id,
-                            RoomEntry {
-                                room: room.clone(),
-                                members: HashMap::new(),
-                            },
-                        );
+                        st.rooms.insert(room.id, RoomEntry::new(room.clone()));
                         st.add_member(room.id, owner.clone());
                         st.info(room.id)
                     };
@@ -569,18 +717,46 @@ impl Hub {
         }
     }
 
-    /// Rooms `user` is a member of, newest first.
-    pub fn my_rooms(&self, user: &UserId) -> Vec<RoomInfo> {
-        let st = self.state.read();
-        let mut out: Vec<RoomInfo> = st
-            .user_rooms
-            .get(user)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| st.info(*id))
-            .collect();
-        out.sort_by_key(|r| std::cmp::Reverse(r.room.id));
-        out
+    /// Rooms `user` is a member of, newest first, with their unread counts.
+    pub async fn my_rooms(&self, user: &UserId) -> Result<Vec<RoomInfo>, ChatError> {
+        let mut out: Vec<(RoomInfo, Id)> = {
+            let st = self.state.read();
+            st.user_rooms
+                .get(user)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| {
+                    let r = st.rooms.get(id)?;
+                    let read = r.members.get(user).map_or(Id(0), |m| m.read_up_to);
+                    let unread_possible = r.last_message > read;
+                    Some((r.info(), if unread_possible { read } else { Id(u64::MAX) }))
+                })
+                .collect()
+        };
+        out.sort_by_key(|(r, _)| std::cmp::Reverse(r.room.id));
+        let mut rooms = Vec::with_capacity(out.len());
+        for (mut info, read) in out {
+            let unread = if read == Id(u64::MAX) {
+                0
+            } else {
+                self.store
+                    .unread_count(info.room.id, user.clone(), read, UNREAD_CAP)
+                    .await?
+            };
+            info.unread_count = Some(unread);
+            info.read_up_to = Some(if read == Id(u64::MAX) {
+                self.state
+                    .read()
+                    .rooms
+                    .get(&info.room.id)
+                    .and_then(|r| r.members.get(user))
+                    .map_or(Id(0), |m| m.read_up_to)
+            } else {
+                read
+            });
+            rooms.push(info);
+        }
+        Ok(rooms)
     }
 
     /// Every public room, newest first.
@@ -590,10 +766,7 @@ impl Hub {
             .rooms
             .values()
             .filter(|r| r.room.visibility == Visibility::Public && r.room.kind == RoomKind::Group)
-            .map(|r| RoomInfo {
-                room: r.room.clone(),
-                member_count: r.members.len(),
-            })
+            .map(|r| r.info())
             .collect();
         out.sort_by_key(|r| std::cmp::Reverse(r.room.id));
         out
@@ -606,10 +779,7 @@ impl Hub {
         if r.members.contains_key(user)
             || r.room.visibility == Visibility::Public && r.room.kind == RoomKind::Group
         {
-            Ok(RoomInfo {
-                room: r.room.clone(),
-                member_count: r.members.len(),
-            })
+            Ok(r.info())
         } else {
             Err(ChatError::NotFound("room"))
         }
@@ -630,7 +800,11 @@ impl Hub {
                 }
                 return Err(ChatError::NotFound("room"));
             }
+            if r.members.contains_key(user) {
+                return Ok(r.info());
+            }
         }
+        self.user_joins.take(user)?;
         self.add_member(room, user.clone()).await?;
         self.state
             .read()
@@ -658,12 +832,34 @@ impl Hub {
                 ));
             }
         }
+        self.user_joins.take(user)?;
         self.add_member(room, UserId::from(target))
             .await
             .map(|_| ())
     }
 
+    fn member_info(&self, st: &State, m: &Member) -> MemberInfo {
+        MemberInfo {
+            user_id: m.user_id.clone(),
+            name: st.name_of(&m.user_id),
+            role: m.role,
+            joined_at: m.joined_at,
+            presence: self.presence_of(&m.user_id),
+            last_seen: st.users.get(&m.user_id).and_then(|u| u.last_seen),
+        }
+    }
+
+    fn check_room_cap(&self, user: &UserId) -> Result<(), ChatError> {
+        if self.state.read().rooms_of(user) >= self.limits.max_rooms_per_user {
+            return Err(ChatError::LimitReached(
+                "that user is in as many rooms as allowed (limits.max_rooms_per_user)",
+            ));
+        }
+        Ok(())
+    }
+
     async fn add_member(self: &Arc<Self>, room: Id, user: UserId) -> Result<(), ChatError> {
+        self.check_room_cap(&user)?;
         let op = WriteOp::AddMember {
             room,
             user,
@@ -686,7 +882,7 @@ impl Hub {
         let (info, m) = {
             let mut st = self.state.write();
             st.add_member(room, member.clone());
-            (st.info(room), st.member_info(member))
+            (st.info(room), self.member_info(&st, member))
         };
         #[derive(Serialize)]
         struct Joined<'a> {
@@ -754,7 +950,11 @@ impl Hub {
         if !r.members.contains_key(user) {
             return Err(ChatError::NotFound("room"));
         }
-        let mut out: Vec<MemberInfo> = r.members.values().map(|m| st.member_info(m)).collect();
+        let mut out: Vec<MemberInfo> = r
+            .members
+            .values()
+            .map(|m| self.member_info(&st, m))
+            .collect();
         out.sort_by(|a, b| {
             a.joined_at
                 .cmp(&b.joined_at)
@@ -775,6 +975,10 @@ impl Hub {
                 "a direct message needs another user".into(),
             ));
         }
+        self.user_joins.take(user)?;
+        let target = UserId::from(other);
+        self.check_room_cap(user)?;
+        self.check_room_cap(&target)?;
         let op = WriteOp::OpenDm {
             a: user.clone(),
             b: UserId::from(other),
@@ -784,10 +988,9 @@ impl Hub {
                 if let WriteOutput::Dm { room, added } = out {
                     {
                         let mut st = hub.state.write();
-                        st.rooms.entry(room.id).or_insert_with(|| RoomEntry {
-                            room: room.clone(),
-                            members: HashMap::new(),
-                        });
+                        st.rooms
+                            .entry(room.id)
+                            .or_insert_with(|| RoomEntry::new(room.clone()));
                     }
                     for m in added {
                         hub.on_member_added(room.id, m);

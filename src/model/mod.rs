@@ -110,12 +110,34 @@ impl Role {
     }
 }
 
-/// One user's membership of one room.
+/// One user's membership of one room, with their receipt watermarks in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     pub user_id: UserId,
     pub role: Role,
     pub joined_at: u64,
+    /// Newest message id one of the user's devices acknowledged receiving.
+    #[serde(default)]
+    pub delivered_up_to: Id,
+    /// Newest message id the user has read.
+    #[serde(default)]
+    pub read_up_to: Id,
+    /// When `read_up_to` last moved.
+    #[serde(default)]
+    pub read_at: Option<u64>,
+}
+
+impl Member {
+    pub fn new(user_id: UserId, role: Role, joined_at: u64) -> Self {
+        Self {
+            user_id,
+            role,
+            joined_at,
+            delivered_up_to: Id(0),
+            read_up_to: Id(0),
+            read_at: None,
+        }
+    }
 }
 
 /// A user as known to this server: from a token's `sub`/`name` or a built-in account.
@@ -123,6 +145,58 @@ pub struct Member {
 pub struct User {
     pub id: UserId,
     pub name: String,
+    /// Never show this user's read position to anyone.
+    #[serde(default)]
+    pub private_receipts: bool,
+    /// When the user's last connection closed (ms), if ever.
+    #[serde(default)]
+    pub last_seen: Option<u64>,
+}
+
+impl User {
+    pub fn new(id: UserId, name: String) -> Self {
+        Self {
+            id,
+            name,
+            private_receipts: false,
+            last_seen: None,
+        }
+    }
+}
+
+/// What changed in a room at a `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Message,
+    Updated,
+    Deleted,
+}
+
+impl ChangeKind {
+    pub fn code(self) -> u8 {
+        match self {
+            ChangeKind::Message => 0,
+            ChangeKind::Updated => 1,
+            ChangeKind::Deleted => 2,
+        }
+    }
+
+    pub fn from_code(c: u8) -> Self {
+        match c {
+            1 => ChangeKind::Updated,
+            2 => ChangeKind::Deleted,
+            _ => ChangeKind::Message,
+        }
+    }
+}
+
+/// One entry of a room's change log, as catch-up returns it: the message as it is now.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub seq: Id,
+    pub kind: ChangeKind,
+    pub message: Message,
 }
 
 /// A built-in account: a username with an argon2id password hash.

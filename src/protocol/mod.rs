@@ -185,7 +185,7 @@ pub fn error(reference: Option<&str>, err: &WireError) -> Bytes {
 }
 
 /// Names of every pushed event, for the protocol-doc check.
-pub const PUSHED_EVENTS: [&str; 8] = [
+pub const PUSHED_EVENTS: [&str; 12] = [
     "hello",
     "receive_message",
     "message_updated",
@@ -194,6 +194,10 @@ pub const PUSHED_EVENTS: [&str; 8] = [
     "member_left",
     "room_added",
     "room_removed",
+    "message_read",
+    "message_delivered",
+    "typing",
+    "presence",
 ];
 
 #[cfg(test)]

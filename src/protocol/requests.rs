@@ -4,7 +4,7 @@ use crate::model::{Id, Visibility};
 use serde::Deserialize;
 
 /// Every request event a client may send.
-pub const REQUEST_EVENTS: [&str; 13] = [
+pub const REQUEST_EVENTS: [&str; 19] = [
     "send_message",
     "edit_message",
     "delete_message",
@@ -18,6 +18,12 @@ pub const REQUEST_EVENTS: [&str; 13] = [
     "list_members",
     "open_dm",
     "ping",
+    "sync",
+    "mark_delivered",
+    "mark_read",
+    "message_receipts",
+    "typing",
+    "set_settings",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -124,4 +130,33 @@ pub struct Register {
 pub struct Login {
     pub username: String,
     pub password: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sync {
+    /// Room id → the last `seq` seen in it.
+    pub rooms: std::collections::BTreeMap<Id, Id>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Typing {
+    pub room_id: Id,
+    pub state: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub private_receipts: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadBody {
+    pub message_id: Id,
 }

@@ -68,8 +68,39 @@ async fn api(st: &AppState, method: &Method, seg: &[&str], req: Request<Incoming
     let hub = &st.hub;
     let user = &me.user_id;
     match (method, seg) {
-        (&Method::GET, ["me"]) => ok(&serde_json::json!({"user": {"id": user, "name": me.name}})),
-        (&Method::GET, ["rooms"]) => ok(&serde_json::json!({"rooms": hub.my_rooms(user)})),
+        (&Method::GET, ["me"]) => ok(&serde_json::json!({
+            "user": {"id": user, "name": me.name},
+            "settings": hub.settings(user),
+        })),
+        (&Method::PATCH, ["me", "settings"]) => {
+            let b: protocol::Settings = body(req).await?;
+            let settings = hub
+                .set_settings(user, b.private_receipts)
+                .await
+                .map_err(|e| hub.wire_error(&e))?;
+            ok(&serde_json::json!({ "settings": settings }))
+        }
+        (&Method::GET, ["rooms"]) => {
+            let rooms = hub.my_rooms(user).await.map_err(|e| hub.wire_error(&e))?;
+            ok(&serde_json::json!({ "rooms": rooms }))
+        }
+        (&Method::POST, ["rooms", id, "read"]) => {
+            let room = room_id(id)?;
+            let b: protocol::ReadBody = body(req).await?;
+            let read_at = hub
+                .mark_read(user, room, b.message_id)
+                .await
+                .map_err(|e| hub.wire_error(&e))?;
+            ok(&serde_json::json!({ "read_at": read_at }))
+        }
+        (&Method::GET, ["rooms", id, "messages", mid, "receipts"]) => {
+            let (room, mid) = (room_id(id)?, message_id(mid)?);
+            let r = hub
+                .message_receipts(user, room, mid)
+                .await
+                .map_err(|e| hub.wire_error(&e))?;
+            ok(&r)
+        }
         (&Method::POST, ["rooms"]) => {
             let b: protocol::CreateRoom = body(req).await?;
             let room = hub

@@ -29,6 +29,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     ready: Arc<AtomicBool>,
     sockets: Arc<AtomicUsize>,
+    connects_per_ip: Arc<crate::chat::limits::Buckets<std::net::IpAddr>>,
     shutdown: watch::Receiver<bool>,
     #[expect(
         dead_code,
@@ -56,6 +57,10 @@ pub async fn serve(
         config: config.clone(),
         ready: Arc::new(AtomicBool::new(true)),
         sockets: Arc::new(AtomicUsize::new(0)),
+        connects_per_ip: Arc::new(crate::chat::limits::Buckets::new(
+            config.rate_limits.connects_per_sec_per_ip,
+            config.rate_limits.connects_burst_per_ip,
+        )),
         shutdown: stop_rx,
         alive: alive_tx,
     };

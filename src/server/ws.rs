@@ -49,6 +49,13 @@ pub async fn upgrade(st: AppState, peer: SocketAddr, mut req: Request<Incoming>)
             .insert("sec-websocket-version", HeaderValue::from_static("13"));
         return r;
     }
+    if st.connects_per_ip.take(&peer.ip()).is_err() {
+        st.metrics.refused("ip_rate");
+        return error_response(&WireError::new(
+            ErrorCode::RateLimited,
+            "too many connection attempts from this address",
+        ));
+    }
     if let Err(e) = check_origin(&st, &req) {
         st.metrics.refused("origin");
         tracing::info!(%peer, "websocket refused: origin not allowed");
@@ -70,6 +77,17 @@ pub async fn upgrade(st: AppState, peer: SocketAddr, mut req: Request<Incoming>)
             return error_response(&auth_error(e));
         }
     };
+    if st.hub.connection_count(&identity.user_id) >= st.config.limits.max_connections_per_user {
+        st.metrics.refused("user_connections");
+        return error_response(&WireError::new(
+            ErrorCode::RateLimited,
+            "this user has as many connections open as allowed",
+        ));
+    }
+    let catching_up = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "sync=1" || p == "sync=true"));
     let open = st.sockets.fetch_add(1, Ordering::AcqRel);
     if open >= st.config.server.max_connections || !st.ready.load(Ordering::Acquire) {
         st.sockets.fetch_sub(1, Ordering::AcqRel);
@@ -90,7 +108,7 @@ pub async fn upgrade(st: AppState, peer: SocketAddr, mut req: Request<Incoming>)
         match fut.await {
             Ok(ws) => {
                 let io = ws.into_inner();
-                run_session(&st, io, identity, peer).await;
+                run_session(&st, io, identity, peer, catching_up).await;
             }
             Err(e) => tracing::debug!(error = %e, %peer, "upgrade failed"),
         }
@@ -227,6 +245,7 @@ async fn run_session(
     io: TokioIo<hyper::upgrade::Upgraded>,
     me: Identity,
     peer: SocketAddr,
+    catching_up: bool,
 ) {
     // Take the TCP stream back from hyper: owned halves need no lock between reader and writer.
     let parts = match io.into_inner().downcast::<TokioIo<TcpStream>>() {
@@ -253,7 +272,7 @@ async fn run_session(
     );
     tx.set_writev(false);
 
-    let conn = st.hub.connect(&me.user_id, &me.name);
+    let conn = st.hub.connect(&me.user_id, &me.name, catching_up);
     st.metrics.connections.inc();
     st.metrics.connections_total.inc();
     tracing::debug!(%peer, conn = conn.id, user = %me.user_id, "websocket open");
@@ -439,13 +458,14 @@ type SocketSource<'a> =
 async fn read_loop(
     st: &AppState,
     source: &mut SocketSource<'_>,
-    conn: &Connection,
+    conn: &Arc<Connection>,
     ctrl: &Control,
     last_seen: &AtomicU64,
     started: Instant,
 ) {
     let max = st.config.limits.max_frame_bytes;
     let mut partial: Option<Vec<u8>> = None;
+    let mut strikes = Strikes::new();
     let mut no_obligations = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
     let total = source.total;
     let mut consumed: u64 = 0;
@@ -468,6 +488,7 @@ async fn read_loop(
                 conn,
                 ctrl,
                 &mut partial,
+                &mut strikes,
                 max,
                 &mut consumed,
                 last_seen,
@@ -491,9 +512,10 @@ async fn read_one<R: tokio::io::AsyncRead + Unpin, F, Fut>(
     st: &AppState,
     rx: &mut fastwebsockets::WebSocketRead<R>,
     no_obligations: &mut F,
-    conn: &Connection,
+    conn: &Arc<Connection>,
     ctrl: &Control,
     partial: &mut Option<Vec<u8>>,
+    strikes: &mut Strikes,
     max: usize,
     consumed: &mut u64,
     last_seen: &AtomicU64,
@@ -536,7 +558,12 @@ where
                     ctrl.close(close::PROTOCOL_ERROR, "expected a continuation frame");
                     return Break(());
                 }
-                handle_text(st, conn, &f.payload).await;
+                if handle_text(st, conn, &f.payload).await
+                    && strikes.hit(st.config.rate_limits.abuse_strikes)
+                {
+                    ctrl.close(close::POLICY, "too many requests over the rate limits");
+                    return Break(());
+                }
             }
             OpCode::Text => {
                 if partial.is_some() {
@@ -561,7 +588,12 @@ where
                         ctrl.close(close::INVALID_DATA, "invalid UTF-8");
                         return Break(());
                     }
-                    handle_text(st, conn, &whole).await;
+                    if handle_text(st, conn, &whole).await
+                        && strikes.hit(st.config.rate_limits.abuse_strikes)
+                    {
+                        ctrl.close(close::POLICY, "too many requests over the rate limits");
+                        return Break(());
+                    }
                 }
             }
             OpCode::Binary => {
@@ -587,14 +619,15 @@ where
 }
 
 /// Parses one request and answers it on the connection's outbox.
-async fn handle_text(st: &AppState, conn: &Connection, text: &[u8]) {
+/// Answers one text frame. Returns true when a limit refused it (a strike).
+async fn handle_text(st: &AppState, conn: &Arc<Connection>, text: &[u8]) -> bool {
     let frame = match protocol::parse_client_frame(text) {
         Ok(f) => f,
         Err(e) => {
             st.metrics.error(e.code);
             tracing::debug!(conn = conn.id, code = e.code.as_str(), "bad frame");
             conn.outbox.push(protocol::error(None, &e));
-            return;
+            return false;
         }
     };
     let reference = frame.reference.as_deref();
@@ -608,14 +641,41 @@ async fn handle_text(st: &AppState, conn: &Connection, text: &[u8]) {
             st.metrics.error(e.code);
             tracing::debug!(conn = conn.id, event = %frame.event, code = e.code.as_str(), "request refused");
             conn.outbox.push(protocol::error(reference, &e));
+            return e.code == ErrorCode::RateLimited;
         }
+    }
+    false
+}
+
+/// Refusals within a 10 s window; past `rate_limits.abuse_strikes` the connection is closed.
+struct Strikes {
+    window_start: Instant,
+    count: u32,
+}
+
+impl Strikes {
+    fn new() -> Self {
+        Self {
+            window_start: Instant::now(),
+            count: 0,
+        }
+    }
+
+    /// Counts one refusal; true when the connection has now abused its limits.
+    fn hit(&mut self, max: u32) -> bool {
+        if self.window_start.elapsed() > Duration::from_secs(10) {
+            self.window_start = Instant::now();
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count > max
     }
 }
 
 /// Runs one request. `Ok(None)`: the answer will be queued later (sends, after commit).
 async fn dispatch(
     st: &AppState,
-    conn: &Connection,
+    conn: &Arc<Connection>,
     event: &str,
     reference: Option<&str>,
     data: Option<&serde_json::value::RawValue>,
@@ -627,6 +687,7 @@ async fn dispatch(
     match event {
         "send_message" => {
             let d: protocol::SendMessage = protocol::parse_data(data)?;
+            conn.take_message_token().map_err(chat)?;
             hub.send_message(
                 user,
                 NewMessage {
@@ -645,6 +706,7 @@ async fn dispatch(
         }
         "edit_message" => {
             let d: protocol::EditMessage = protocol::parse_data(data)?;
+            conn.take_message_token().map_err(chat)?;
             let m = hub
                 .edit_message(user, d.room_id, d.message_id, d.content)
                 .await
@@ -653,6 +715,7 @@ async fn dispatch(
         }
         "delete_message" => {
             let d: protocol::MessageRef = protocol::parse_data(data)?;
+            conn.take_message_token().map_err(chat)?;
             let m = hub
                 .delete_message(user, d.room_id, d.message_id)
                 .await
@@ -677,7 +740,8 @@ async fn dispatch(
         }
         "list_rooms" => {
             let _: protocol::Empty = protocol::parse_data(data)?;
-            ack(serde_json::json!({ "rooms": hub.my_rooms(user) }))
+            let rooms = hub.my_rooms(user).await.map_err(chat)?;
+            ack(serde_json::json!({ "rooms": rooms }))
         }
         "list_public_rooms" => {
             let _: protocol::Empty = protocol::parse_data(data)?;
@@ -709,6 +773,47 @@ async fn dispatch(
             let d: protocol::UserRef = protocol::parse_data(data)?;
             let room = hub.open_dm(user, &d.user_id).await.map_err(chat)?;
             ack(serde_json::json!({ "room": room }))
+        }
+        "sync" => {
+            let d: protocol::Sync = protocol::parse_data(data)?;
+            let rooms = d.rooms.into_iter().collect();
+            let answer = hub.sync(conn, rooms, d.limit).await.map_err(chat)?;
+            Ok(Some(protocol::ack(reference, &answer)))
+        }
+        "mark_delivered" => {
+            let d: protocol::MessageRef = protocol::parse_data(data)?;
+            hub.mark_delivered(user, d.room_id, d.message_id)
+                .map_err(chat)?;
+            ack(serde_json::json!({}))
+        }
+        "mark_read" => {
+            let d: protocol::MessageRef = protocol::parse_data(data)?;
+            let read_at = hub
+                .mark_read(user, d.room_id, d.message_id)
+                .await
+                .map_err(chat)?;
+            ack(serde_json::json!({ "read_at": read_at }))
+        }
+        "message_receipts" => {
+            let d: protocol::MessageRef = protocol::parse_data(data)?;
+            let r = hub
+                .message_receipts(user, d.room_id, d.message_id)
+                .await
+                .map_err(chat)?;
+            Ok(Some(protocol::ack(reference, &r)))
+        }
+        "typing" => {
+            let d: protocol::Typing = protocol::parse_data(data)?;
+            hub.typing(conn, d.room_id, &d.state).map_err(chat)?;
+            ack(serde_json::json!({}))
+        }
+        "set_settings" => {
+            let d: protocol::Settings = protocol::parse_data(data)?;
+            let settings = hub
+                .set_settings(user, d.private_receipts)
+                .await
+                .map_err(chat)?;
+            ack(serde_json::json!({ "settings": settings }))
         }
         "ping" => {
             let _: protocol::Empty = protocol::parse_data(data)?;

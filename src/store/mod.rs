@@ -8,10 +8,10 @@ mod tables;
 pub use tables::SCHEMA_VERSION;
 mod writer;
 
-pub use writer::{WriteOp, WriteOutput};
+pub use writer::{ReceiptUpdate, WriteOp, WriteOutput};
 
 use crate::metrics::Metrics;
-use crate::model::{Account, Id, Member, Message, Room, User, UserId};
+use crate::model::{Account, Change, ChangeKind, Id, Member, Message, Room, User, UserId};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -267,6 +267,103 @@ impl Store {
             }
         })
         .await
+    }
+
+    /// A room's changes after `since`, oldest first, at most `limit`, none past `upto`: new
+    /// messages (from MESSAGES, where seq = id) merged with edits and deletes (CHANGES). Blocking:
+    /// for the writer thread's completions or the blocking pool.
+    pub fn changes_since_blocking(
+        &self,
+        room: Id,
+        since: Id,
+        upto: Id,
+        limit: usize,
+    ) -> Result<(Vec<Change>, bool), StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let messages = txn.open_table(MESSAGES)?;
+        let changes = txn.open_table(CHANGES)?;
+        if since >= upto {
+            return Ok((Vec::new(), false));
+        }
+        let lo = since.0.saturating_add(1);
+        let mut new_msgs = messages.range((room.0, lo)..=(room.0, upto.0))?;
+        let mut edits = changes.range((room.0, lo)..=(room.0, upto.0))?;
+        let mut next_msg = new_msgs.next().transpose()?;
+        let mut next_edit = edits.next().transpose()?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        loop {
+            let take_msg = match (&next_msg, &next_edit) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((mk, _)), Some((ek, _))) => mk.value().1 < ek.value().1,
+            };
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            if take_msg {
+                if let Some((k, v)) = next_msg.take() {
+                    let message: Message = decode("messages", v.value())?;
+                    out.push(Change {
+                        seq: Id(k.value().1),
+                        kind: ChangeKind::Message,
+                        message,
+                    });
+                }
+                next_msg = new_msgs.next().transpose()?;
+            } else {
+                if let Some((k, v)) = next_edit.take() {
+                    let (mid, kind) = v.value();
+                    if let Some(m) = messages.get((room.0, mid))? {
+                        out.push(Change {
+                            seq: Id(k.value().1),
+                            kind: ChangeKind::from_code(kind),
+                            message: decode("messages", m.value())?,
+                        });
+                    }
+                }
+                next_edit = edits.next().transpose()?;
+            }
+        }
+        Ok((out, false))
+    }
+
+    /// Messages from others after `after` in a room, deleted ones excluded, counted up to `cap`.
+    pub async fn unread_count(
+        &self,
+        room: Id,
+        user: UserId,
+        after: Id,
+        cap: usize,
+    ) -> Result<usize, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(MESSAGES)?;
+            let mut n = 0;
+            for row in t.range((room.0, after.0.saturating_add(1))..=(room.0, u64::MAX))? {
+                let (_, v) = row?;
+                let m: Message = decode("messages", v.value())?;
+                if m.sender_id != user && m.deleted_at.is_none() {
+                    n += 1;
+                    if n >= cap {
+                        break;
+                    }
+                }
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    /// The newest message id of a room (0 if none).
+    pub fn last_message_id_blocking(&self, room: Id) -> Result<Id, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let t = txn.open_table(MESSAGES)?;
+        let last = t
+            .range((room.0, 0)..=(room.0, u64::MAX))?
+            .next_back()
+            .transpose()?;
+        Ok(last.map_or(Id(0), |(k, _)| Id(k.value().1)))
     }
 
     /// One message, if it exists in that room.

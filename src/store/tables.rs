@@ -11,6 +11,9 @@ pub const SCHEMA_VERSION: u64 = 1;
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (room, message id) → Message JSON. The key order is the history order.
 pub const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messages");
+/// (room, seq) → (message id, ChangeKind code): edits and deletes, for catch-up. New messages
+/// need no row: their seq is their id, found in MESSAGES.
+pub const CHANGES: TableDefinition<(u64, u64), (u64, u8)> = TableDefinition::new("changes");
 /// (sender, client_msg_id) → (room, message id): idempotent sends.
 pub const DEDUP: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("dedup");
 /// room id → Room JSON.
@@ -36,6 +39,7 @@ pub fn init(db: &Database, configured_node: Option<u16>) -> Result<(u16, Id), St
         let mut meta = txn.open_table(META)?;
         txn.open_table(MESSAGES)?;
         txn.open_table(DEDUP)?;
+        txn.open_table(CHANGES)?;
         txn.open_table(ROOMS)?;
         txn.open_table(MEMBERS)?;
         txn.open_table(DMS)?;

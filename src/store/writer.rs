@@ -4,8 +4,8 @@ use super::tables::*;
 use super::{Completion, StoreError, decode, encode};
 use crate::metrics::Metrics;
 use crate::model::{
-    Account, Id, IdGenerator, Member, Message, MessageStatus, MessageType, Role, Room, RoomKind,
-    User, UserId, Visibility, now_ms,
+    Account, ChangeKind, Id, IdGenerator, Member, Message, MessageStatus, MessageType, Role, Room,
+    RoomKind, User, UserId, Visibility, now_ms,
 };
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 use std::sync::Arc;
@@ -66,8 +66,21 @@ pub enum WriteOp {
         account: Account,
     },
     SaveUser(User),
-    /// Writes nothing; completes once every write queued before it has completed.
+    /// Moves receipt watermarks forward (never back) for members that still exist.
+    SaveReceipts(Vec<ReceiptUpdate>),
+    /// Writes nothing; completes once every write queued before it has completed, and says
+    /// the last id issued before it.
     Barrier,
+}
+
+/// New receipt watermarks for one member of one room.
+#[derive(Debug, Clone)]
+pub struct ReceiptUpdate {
+    pub room: Id,
+    pub user: UserId,
+    pub delivered_up_to: Id,
+    pub read_up_to: Id,
+    pub read_at: Option<u64>,
 }
 
 /// What a write did.
@@ -77,7 +90,11 @@ pub enum WriteOutput {
         message: Message,
         duplicate: bool,
     },
-    MessageChanged(Message),
+    /// An edit or delete, with the `seq` it got in the room's change log.
+    MessageChanged {
+        message: Message,
+        seq: Id,
+    },
     RoomCreated {
         room: Room,
         owner: Member,
@@ -98,7 +115,11 @@ pub enum WriteOutput {
     },
     AccountCreated,
     UserSaved,
-    Barrier,
+    ReceiptsSaved,
+    /// Every id at or below this was issued by writes that completed before the barrier.
+    Barrier {
+        last_id: Id,
+    },
 }
 
 pub(super) enum Job {
@@ -209,6 +230,7 @@ struct Tables<'t> {
     meta: Table<'t, &'static str, u64>,
     messages: Table<'t, (u64, u64), &'static [u8]>,
     dedup: Table<'t, (&'static str, &'static str), (u64, u64)>,
+    changes: Table<'t, (u64, u64), (u64, u8)>,
     rooms: Table<'t, u64, &'static [u8]>,
     members: Table<'t, (u64, &'static str), &'static [u8]>,
     dms: Table<'t, (&'static str, &'static str), u64>,
@@ -225,6 +247,7 @@ fn apply_all(
         meta: txn.open_table(META)?,
         messages: txn.open_table(MESSAGES)?,
         dedup: txn.open_table(DEDUP)?,
+        changes: txn.open_table(CHANGES)?,
         rooms: txn.open_table(ROOMS)?,
         members: txn.open_table(MEMBERS)?,
         dms: txn.open_table(DMS)?,
@@ -260,11 +283,7 @@ fn live_message(t: &Tables<'_>, room: Id, id: Id) -> Result<Message, StoreError>
 }
 
 fn new_member(user: UserId, role: Role) -> Member {
-    Member {
-        user_id: user,
-        role,
-        joined_at: now_ms(),
-    }
+    Member::new(user, role, now_ms())
 }
 
 fn apply(
@@ -330,7 +349,10 @@ fn apply(
             msg.content = content;
             msg.edited_at = Some(now_ms());
             t.messages.insert((room.0, id.0), encode(&msg).as_slice())?;
-            Ok(WriteOutput::MessageChanged(msg))
+            let seq = ids.next(now_ms());
+            t.changes
+                .insert((room.0, seq.0), (id.0, ChangeKind::Updated.code()))?;
+            Ok(WriteOutput::MessageChanged { message: msg, seq })
         }
         WriteOp::DeleteMessage {
             room,
@@ -345,7 +367,10 @@ fn apply(
             msg.content = String::new();
             msg.deleted_at = Some(now_ms());
             t.messages.insert((room.0, id.0), encode(&msg).as_slice())?;
-            Ok(WriteOutput::MessageChanged(msg))
+            let seq = ids.next(now_ms());
+            t.changes
+                .insert((room.0, seq.0), (id.0, ChangeKind::Deleted.code()))?;
+            Ok(WriteOutput::MessageChanged { message: msg, seq })
         }
         WriteOp::CreateRoom {
             name,
@@ -442,14 +467,29 @@ fn apply(
             }
             t.accounts
                 .insert(username.as_str(), encode(&account).as_slice())?;
-            let user = User {
-                id: account.user_id.clone(),
-                name: account.display_name.clone(),
-            };
+            let user = User::new(account.user_id.clone(), account.display_name.clone());
             t.users.insert(&*user.id, encode(&user).as_slice())?;
             Ok(WriteOutput::AccountCreated)
         }
-        WriteOp::Barrier => Ok(WriteOutput::Barrier),
+        WriteOp::Barrier => Ok(WriteOutput::Barrier {
+            last_id: ids.last(),
+        }),
+        WriteOp::SaveReceipts(updates) => {
+            for u in updates {
+                let key = (u.room.0, &*u.user);
+                let mut m: Member = match t.members.get(key)? {
+                    Some(v) => decode("members", v.value())?,
+                    None => continue,
+                };
+                m.delivered_up_to = m.delivered_up_to.max(u.delivered_up_to);
+                if u.read_up_to > m.read_up_to {
+                    m.read_up_to = u.read_up_to;
+                    m.read_at = u.read_at;
+                }
+                t.members.insert(key, encode(&m).as_slice())?;
+            }
+            Ok(WriteOutput::ReceiptsSaved)
+        }
         WriteOp::SaveUser(user) => {
             t.users.insert(&*user.id, encode(&user).as_slice())?;
             Ok(WriteOutput::UserSaved)

@@ -4,6 +4,16 @@ use serde_json::{Value, json};
 
 use crate::support::{Client, Server};
 
+/// The message ids of a `sync` page's changes (one room, one page).
+fn synced_ids(ack: &Value, room: &str) -> Vec<Value> {
+    ack["rooms"][room]["changes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("sync.rooms[room].changes should be an array: {ack}"))
+        .iter()
+        .map(|c| c["message"]["id"].clone())
+        .collect()
+}
+
 /// Two members of a fresh room: (server, room, alice, bob).
 async fn pair() -> (Server, String, Client, Client) {
     let server = Server::start();
@@ -179,4 +189,58 @@ async fn the_key_is_per_sender_and_the_original_wins() {
         2,
         "alice's message once and bob's: {history:?}"
     );
+}
+
+/// Issue 3: a client whose connection dropped sends again a message it had sent: on the new
+/// connection three resends get three identical acks (the original message, `duplicate: true`),
+/// and a member catching up with `sync` gets the message once.
+#[tokio::test]
+async fn resends_after_a_reconnect_get_the_original_ack() {
+    let server = Server::start();
+    let alice_token = server.token("alice", Some("Alice"));
+    let bob_token = server.token("bob", Some("Bob"));
+    let mut alice = Client::connect(&server, &alice_token).await;
+    let mut bob = Client::connect(&server, &bob_token).await;
+    let room = alice.create_room("resends", "private").await;
+    alice.invite(&room, "bob").await;
+    bob.next_event("room_added").await;
+    let seen = alice.say(&room, "before").await;
+    bob.next_message_where(|m| m["id"] == seen["id"]).await;
+    bob.close().await;
+
+    let original = alice
+        .send_message(&room, "lost-ack-1", "did it arrive?")
+        .await
+        .expect("acked");
+    assert_eq!(original["duplicate"], false);
+    alice.close().await;
+
+    let mut alice = Client::connect(&server, &alice_token).await;
+    let mut acks = Vec::new();
+    for _ in 0..3 {
+        acks.push(
+            alice
+                .send_message(&room, "lost-ack-1", "did it arrive?")
+                .await
+                .expect("a resend is acked"),
+        );
+    }
+    let want = json!({"message": original["message"], "duplicate": true});
+    for ack in &acks {
+        assert_eq!(
+            *ack, want,
+            "every resend gets the original ack, flagged duplicate"
+        );
+    }
+
+    let mut bob = Client::connect_sync(&server, &bob_token).await;
+    let ack = bob
+        .ok("sync", json!({"rooms": {room.as_str(): seen["id"]}}))
+        .await;
+    assert_eq!(
+        synced_ids(&ack, &room),
+        vec![original["message"]["id"].clone()],
+        "the catch-up holds the message once: {ack}"
+    );
+    assert_eq!(ack["live"], true, "{ack}");
 }

@@ -4,10 +4,17 @@ mod support;
 
 mod auth;
 mod bad_input;
+mod catchup;
 mod dm;
 mod durability;
 mod edits;
 mod history;
 mod idempotency;
+mod limits;
 mod ops;
+mod presence;
+mod receipts;
 mod rooms;
+mod slow_consumer;
+mod timeouts;
+mod typing;

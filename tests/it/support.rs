@@ -61,29 +61,91 @@ pub fn id_of(v: &Value) -> u64 {
 // The server process
 // ---------------------------------------------------------------------------------------------
 
+/// Limits every test server starts with, unless the test asks for the shipped ones with
+/// `Options::stock_limits`. The shipped rate limits suit people (10 messages/s per connection,
+/// 50 connection attempts per IP, ...); tests send thousands of messages and open many
+/// connections from 127.0.0.1, so by default every bucket is practically unlimited.
+///
+/// They travel as `CONFAB_*` environment variables, which beat a config file: a test that sets
+/// one of these keys in its config file must also call `stock_limits()` (or set the key through
+/// `Options::env`, which replaces the relaxed value).
+pub const RELAXED_LIMITS: &[(&str, &str)] = &[
+    ("CONFAB_RATE_LIMITS__MESSAGES_PER_SEC", "100000"),
+    ("CONFAB_RATE_LIMITS__MESSAGES_BURST", "100000"),
+    ("CONFAB_RATE_LIMITS__USER_MESSAGES_PER_SEC", "100000"),
+    ("CONFAB_RATE_LIMITS__USER_MESSAGES_BURST", "100000"),
+    ("CONFAB_RATE_LIMITS__TYPING_PER_SEC", "100000"),
+    ("CONFAB_RATE_LIMITS__TYPING_BURST", "100000"),
+    ("CONFAB_RATE_LIMITS__JOINS_PER_SEC", "100000"),
+    ("CONFAB_RATE_LIMITS__JOINS_BURST", "100000"),
+    ("CONFAB_RATE_LIMITS__CONNECTS_PER_SEC_PER_IP", "100000"),
+    ("CONFAB_RATE_LIMITS__CONNECTS_BURST_PER_IP", "100000"),
+    ("CONFAB_RATE_LIMITS__ABUSE_STRIKES", "100000"),
+    ("CONFAB_LIMITS__MAX_CONNECTIONS_PER_USER", "100000"),
+    ("CONFAB_LIMITS__MAX_ROOMS_PER_USER", "100000"),
+];
+
+/// Settings every test server starts with whatever its limits: presence goes offline 1 s after
+/// a user's last connection closes (the shipped grace is 5 s), so presence tests stay fast.
+pub const TEST_DEFAULTS: &[(&str, &str)] = &[("CONFAB_PRESENCE__OFFLINE_GRACE_SECS", "1")];
+
 /// How to start a server: an optional config file and extra environment variables.
 #[derive(Clone, Default)]
 pub struct Options {
     pub config_toml: Option<String>,
+    /// Environment variables; they replace any `RELAXED_LIMITS` or `TEST_DEFAULTS` entry of the
+    /// same name.
     pub env: Vec<(String, String)>,
+    /// Start with the shipped rate and connection limits instead of `RELAXED_LIMITS`.
+    pub stock_limits: bool,
 }
 
 impl Options {
     pub fn config(toml: &str) -> Options {
         Options {
             config_toml: Some(toml.to_string()),
-            env: Vec::new(),
+            ..Options::default()
         }
     }
 
     pub fn env(pairs: &[(&str, &str)]) -> Options {
-        Options {
-            config_toml: None,
-            env: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+        Options::default().with_env(pairs)
+    }
+
+    /// Adds environment variables (later ones win).
+    pub fn with_env(mut self, pairs: &[(&str, &str)]) -> Options {
+        self.env
+            .extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// Keeps the shipped limits (`config.toml`'s `[rate_limits]` and `[limits]`): only what the
+    /// test sets itself changes.
+    pub fn stock_limits(mut self) -> Options {
+        self.stock_limits = true;
+        self
+    }
+
+    /// The environment the server gets: test defaults, relaxed limits unless `stock_limits`,
+    /// then the test's own variables, each name once (the test's value wins).
+    fn resolved_env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = Vec::new();
+        let mut put = |k: &str, v: &str| {
+            env.retain(|(name, _)| name != k);
+            env.push((k.to_string(), v.to_string()));
+        };
+        for (k, v) in TEST_DEFAULTS {
+            put(k, v);
         }
+        if !self.stock_limits {
+            for (k, v) in RELAXED_LIMITS {
+                put(k, v);
+            }
+        }
+        for (k, v) in &self.env {
+            put(k, v);
+        }
+        env
     }
 }
 
@@ -118,7 +180,7 @@ impl Server {
             port: 0,
             data_dir,
             config_path,
-            env: opts.env,
+            env: opts.resolved_env(),
             output: Arc::new(Mutex::new(Vec::new())),
             dir,
         };
@@ -537,6 +599,9 @@ pub struct Client {
     events: VecDeque<Value>,
     replies: VecDeque<Value>,
     closed: Option<Option<u16>>,
+    /// Every JSON frame after `hello`, in arrival order: (event, ref). Lets a test check what
+    /// came before what, across events and replies.
+    arrivals: Vec<(String, Option<String>)>,
     /// The `data` of the `hello` frame.
     pub hello: Value,
 }
@@ -551,6 +616,45 @@ impl Client {
         }
     }
 
+    /// Connects with `/ws?token=..&sync=1`: a catching-up connection that gets no room events
+    /// until a `sync` answer says `live: true`.
+    pub async fn connect_sync(server: &Server, token: &str) -> Client {
+        let url = format!("{}?token={token}&sync=1", server.ws_url());
+        match Client::try_connect(url.into_client_request().expect("ws request")).await {
+            Ok((c, _)) => c,
+            Err(e) => panic!(
+                "WebSocket connect (sync=1) failed: {}",
+                describe_ws_error(&e)
+            ),
+        }
+    }
+
+    /// Connects over a socket whose kernel receive buffer is `recv_buffer` bytes, so that a
+    /// client that stops reading backs up into the server quickly.
+    pub async fn connect_small_buffer(server: &Server, token: &str, recv_buffer: u32) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("create a TCP socket");
+        socket
+            .set_recv_buffer_size(recv_buffer)
+            .expect("set SO_RCVBUF");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port)
+            .parse()
+            .expect("socket address");
+        let tcp = tokio::time::timeout(TIMEOUT, socket.connect(addr))
+            .await
+            .expect("TCP connect timed out")
+            .expect("TCP connect");
+        let url = format!("{}?token={token}", server.ws_url());
+        let req = url.into_client_request().expect("ws request");
+        let (ws, _) = tokio::time::timeout(
+            TIMEOUT,
+            tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp)),
+        )
+        .await
+        .expect("WebSocket handshake timed out")
+        .unwrap_or_else(|e| panic!("WebSocket connect failed: {}", describe_ws_error(&e)));
+        Client::greeted(ws).await
+    }
+
     /// Connects with any request (extra headers etc.) and reads the `hello` frame.
     pub async fn try_connect(
         req: http::Request<()>,
@@ -558,11 +662,17 @@ impl Client {
         let (ws, resp) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
             .await
             .expect("WebSocket handshake timed out")?;
+        Ok((Client::greeted(ws).await, resp))
+    }
+
+    /// Wraps an upgraded socket and reads its `hello` frame.
+    async fn greeted(ws: Ws) -> Client {
         let mut c = Client {
             ws,
             events: VecDeque::new(),
             replies: VecDeque::new(),
             closed: None,
+            arrivals: Vec::new(),
             hello: Value::Null,
         };
         let deadline = Instant::now() + TIMEOUT;
@@ -570,7 +680,7 @@ impl Client {
             Ok(Incoming::Json(v)) if v["event"] == "hello" => c.hello = v["data"].clone(),
             other => panic!("the first frame after connect should be `hello`, got {other:?}"),
         }
-        Ok((c, resp))
+        c
     }
 
     /// The user id the server greeted this connection as.
@@ -616,6 +726,10 @@ impl Client {
     async fn pump(&mut self, deadline: Instant) -> Result<(), Stop> {
         match self.recv(deadline).await? {
             Incoming::Json(v) => {
+                self.arrivals.push((
+                    v["event"].as_str().unwrap_or("<no event>").to_string(),
+                    v["ref"].as_str().map(str::to_string),
+                ));
                 match v["event"].as_str() {
                     Some("ack") | Some("error") => self.replies.push_back(v),
                     _ => self.events.push_back(v),
@@ -860,6 +974,125 @@ impl Client {
     pub async fn invite(&mut self, room_id: &str, user_id: &str) {
         self.ok("invite", json!({"room_id": room_id, "user_id": user_id}))
             .await;
+    }
+
+    /// Every JSON frame received after `hello`, in order: (event, ref).
+    pub fn arrivals(&self) -> &[(String, Option<String>)] {
+        &self.arrivals
+    }
+
+    /// Waits for the whole ack or error frame carrying `r` (`data.retry_after_ms` and all).
+    pub async fn reply_frame(&mut self, r: &str) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(pos) = self.replies.iter().position(|v| v["ref"] == r) {
+                return self.replies.remove(pos).expect("position is valid");
+            }
+            if let Err(stop) = self.pump(deadline).await {
+                panic!("no reply to ref {r}: {stop:?}");
+            }
+        }
+    }
+
+    /// Sends a request and returns its whole ack or error frame.
+    pub async fn request_frame(&mut self, event: &str, data: Value) -> Value {
+        let r = self.send_request(event, data).await;
+        self.reply_frame(&r).await
+    }
+
+    /// Like `next_event_where`, with its own bound; `Err` if nothing matched in time.
+    pub async fn try_next_event_where(
+        &mut self,
+        name: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value, Stop> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(pos) = self
+                .events
+                .iter()
+                .position(|v| v["event"] == name && pred(&v["data"]))
+            {
+                let v = self.events.remove(pos).expect("position is valid");
+                return Ok(v["data"].clone());
+            }
+            self.pump(deadline).await?;
+        }
+    }
+
+    /// Reads for `within` and panics if an event called `name` matching `pred` arrives (or is
+    /// already buffered). The connection must stay open meanwhile.
+    pub async fn assert_no_event(
+        &mut self,
+        name: &str,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) {
+        match self.try_next_event_where(name, within, pred).await {
+            Err(Stop::Timeout) => {}
+            Ok(v) => panic!("{what}: an unexpected `{name}` arrived: {v}"),
+            Err(Stop::Closed(code)) => {
+                panic!("{what}: the connection closed ({code:?}) while waiting")
+            }
+        }
+    }
+
+    /// The matching buffered events called `name` (their `data`), without taking them.
+    pub fn buffered(&self, name: &str) -> Vec<Value> {
+        self.events
+            .iter()
+            .filter(|v| v["event"] == name)
+            .map(|v| v["data"].clone())
+            .collect()
+    }
+
+    /// Closes from the client side and waits (bounded) for the server's close or EOF.
+    pub async fn close(mut self) {
+        let _ = self.send_raw(Message::Close(None)).await;
+        let deadline = Instant::now() + TIMEOUT;
+        while self.closed.is_none() {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("the server did not answer a close within {TIMEOUT:?}"),
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => break,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Sends `n` text messages to `room_id` with up to `window` in flight, waiting for every
+    /// ack; returns the acked messages in the order they were sent. `content(i)` makes the text.
+    pub async fn say_many(
+        &mut self,
+        room_id: &str,
+        n: usize,
+        window: usize,
+        content: impl Fn(usize) -> String,
+    ) -> Vec<Value> {
+        let mut in_flight: VecDeque<(String, usize)> = VecDeque::new();
+        let mut acked: Vec<Option<Value>> = vec![None; n];
+        let mut next = 0;
+        while next < n || !in_flight.is_empty() {
+            while next < n && in_flight.len() < window.max(1) {
+                let data = json!({"room_id": room_id, "client_msg_id": format!("many-{}", unique()),
+                    "type": "text", "content": content(next)});
+                let r = self.send_request("send_message", data).await;
+                in_flight.push_back((r, next));
+                next += 1;
+            }
+            let (r, i) = in_flight.pop_front().expect("a send is in flight");
+            match self.reply(&r).await {
+                Ok(ack) => acked[i] = Some(ack["message"].clone()),
+                Err((code, message)) => {
+                    panic!("send_message #{i} to {room_id} failed: {code}: {message}")
+                }
+            }
+        }
+        acked
+            .into_iter()
+            .map(|m| m.expect("every send was acked"))
+            .collect()
     }
 
     /// Fetches one history page: (messages, has_more).

@@ -1,0 +1,54 @@
+//! Token buckets (governor) for messages, typing and joins, and their refusal errors.
+
+use super::ChatError;
+use crate::model::UserId;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::num::NonZeroU32;
+
+fn quota(per_sec: u32, burst: u32) -> Quota {
+    let rate = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+/// One bucket (per connection).
+pub struct Bucket(DefaultDirectRateLimiter);
+
+impl Bucket {
+    pub fn new(per_sec: u32, burst: u32) -> Self {
+        Self(RateLimiter::direct(quota(per_sec, burst)))
+    }
+
+    /// Takes a token, or says how long until one is free.
+    pub fn take(&self) -> Result<(), ChatError> {
+        self.0.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ChatError::RateLimited(wait.as_millis().max(1) as u64)
+        })
+    }
+}
+
+/// One bucket per user (across their connections).
+pub type UserBuckets = Buckets<UserId>;
+
+/// One bucket per key (user, client IP, ...).
+pub struct Buckets<K: std::hash::Hash + Eq + Clone>(DefaultKeyedRateLimiter<K>);
+
+impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
+    pub fn new(per_sec: u32, burst: u32) -> Self {
+        Self(RateLimiter::keyed(quota(per_sec, burst)))
+    }
+
+    pub fn take(&self, key: &K) -> Result<(), ChatError> {
+        self.0.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ChatError::RateLimited(wait.as_millis().max(1) as u64)
+        })
+    }
+
+    /// Forgets keys whose buckets are full again (bounds memory).
+    pub fn forget_idle(&self) {
+        self.0.retain_recent();
+    }
+}
