@@ -3,6 +3,7 @@
 
 use super::{ChatError, Connection, Hub};
 use crate::model::{Change, Id};
+use crate::protocol;
 use crate::store::{WriteOp, WriteOutput};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -31,12 +32,16 @@ impl Hub {
     /// Catches a connection up on `rooms` (room → last seq seen). A catching-up connection
     /// goes live in the same step that reads its last page, on the writer thread, so every
     /// change is either in a page or delivered live, never both and never neither.
+    ///
+    /// Returns the answer for the caller to send, or `None` when it was already queued on the
+    /// connection (a catching-up connection's answer must precede its first live event).
     pub async fn sync(
         self: &Arc<Self>,
         conn: &Arc<Connection>,
         rooms: Vec<(Id, Id)>,
         limit: Option<u32>,
-    ) -> Result<SyncAnswer, ChatError> {
+        reference: Option<String>,
+    ) -> Result<Option<SyncAnswer>, ChatError> {
         let limit = match limit {
             None => DEFAULT_LIMIT,
             Some(l) if (1..=MAX_LIMIT).contains(&l) => l,
@@ -58,10 +63,9 @@ impl Hub {
             .map_err(|_| ChatError::Unavailable("sync was interrupted"))?
             .map(|mut a| {
                 a.live = true;
-                a
+                Some(a)
             });
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let conn2 = conn.clone();
         self.write_then(WriteOp::Barrier, move |hub, out| {
             let WriteOutput::Barrier { last_id } = out else {
@@ -69,21 +73,24 @@ impl Hub {
             };
             // Everything up to `last_id` is committed and was fanned out before now, while
             // this connection was not live: it must come from the page.
-            let answer = hub.read_changes(&conn2.user, &rooms, *last_id, limit);
-            if let Ok(a) = &answer
-                && a.rooms.values().all(|r| !r.has_more)
-            {
+            let (frame, live) = match hub.read_changes(&conn2.user, &rooms, *last_id, limit) {
+                Ok(mut answer) => {
+                    answer.live = answer.rooms.values().all(|r| !r.has_more);
+                    (protocol::ack(reference.as_deref(), &answer), answer.live)
+                }
+                Err(e) => (
+                    protocol::error(reference.as_deref(), &hub.wire_error(&e)),
+                    false,
+                ),
+            };
+            // The answer is queued before the connection can receive any live event.
+            conn2.outbox.push(frame);
+            if live {
                 hub.go_live(&conn2);
             }
-            let answer = answer.map(|mut a| {
-                a.live = conn2.is_live();
-                a
-            });
-            let _ = tx.send(answer);
         })
         .await?;
-        rx.await
-            .unwrap_or(Err(ChatError::Unavailable("server is shutting down")))
+        Ok(None)
     }
 
     fn read_changes(

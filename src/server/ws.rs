@@ -777,8 +777,11 @@ async fn dispatch(
         "sync" => {
             let d: protocol::Sync = protocol::parse_data(data)?;
             let rooms = d.rooms.into_iter().collect();
-            let answer = hub.sync(conn, rooms, d.limit).await.map_err(chat)?;
-            Ok(Some(protocol::ack(reference, &answer)))
+            let answer = hub
+                .sync(conn, rooms, d.limit, reference.map(str::to_owned))
+                .await
+                .map_err(chat)?;
+            Ok(answer.map(|a| protocol::ack(reference, &a)))
         }
         "mark_delivered" => {
             let d: protocol::MessageRef = protocol::parse_data(data)?;

@@ -246,10 +246,38 @@ async fn catch_up(between: Between) {
         .iter()
         .filter(|(ev, _)| ROOM_EVENTS.contains(&ev.as_str()))
         .collect();
-    assert!(
-        early.is_empty(),
-        "a sync=1 connection got room events before its catch-up was done: {early:?}"
-    );
+    if !early.is_empty() {
+        let early_messages = arrivals[..live_at]
+            .iter()
+            .filter(|(ev, _)| ev == "receive_message")
+            .count();
+        let early_ids: Vec<Value> = bob
+            .buffered("receive_message")
+            .iter()
+            .take(early_messages)
+            .map(|d| d["message"]["id"].clone())
+            .collect();
+        let also_in_pages: Vec<&Value> = early_ids
+            .iter()
+            .filter(|id| changes.iter().any(|c| c["message"]["id"] == **id))
+            .collect();
+        let during_index: Vec<Option<usize>> = early_ids
+            .iter()
+            .map(|id| during.iter().position(|m| m["id"] == *id))
+            .collect();
+        let pages_of_during = changes
+            .iter()
+            .filter(|c| during.iter().any(|m| m["id"] == c["message"]["id"]))
+            .count();
+        panic!(
+            "a sync=1 connection got room events before the sync answer saying live: true \
+             ({between:?}): {early:?}; early messages {early_ids:?} (index among the {} sent \
+             during the catch-up: {during_index:?}; {pages_of_during} of those came in pages), \
+             of which also in the sync pages: {also_in_pages:?}; frames around the answer: {:?}",
+            during.len(),
+            &arrivals[live_at.saturating_sub(4)..(live_at + 2).min(arrivals.len())]
+        );
+    }
 
     // The changes: seq strictly increasing (no repeat, in order), each well formed.
     let mut prev = id_of(&json!(cursor));

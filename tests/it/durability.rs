@@ -258,6 +258,14 @@ async fn snapshot(server: &Server, token: &str) -> Vec<(Value, Vec<Value>, Vec<V
             .expect("members array")
             .clone();
         members.sort_by(|a, b| a["user_id"].as_str().cmp(&b["user_id"].as_str()));
+        // Presence (issue 3) is live state, not stored state: the snapshot before the restart
+        // is taken while everyone is online.
+        for m in &mut members {
+            if let Some(o) = m.as_object_mut() {
+                o.remove("presence");
+                o.remove("last_seen");
+            }
+        }
         let history = server.full_history(&id, token).await;
         out.push((room, members, history));
     }
