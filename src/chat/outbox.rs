@@ -91,10 +91,13 @@ impl Outbox {
     /// Moves every queued frame into `out` and returns a pending close request, if any.
     pub fn drain_into(&self, out: &mut Vec<Bytes>) -> Option<CloseRequest> {
         let mut q = self.queue.lock();
+        let n = q.frames.len();
         out.extend(q.frames.drain(..));
         q.bytes = 0;
-        if q.frames.capacity() > 64 {
-            q.frames.shrink_to(8);
+        if n <= 2 && q.frames.capacity() > 16 {
+            // A quiet moment after a burst: give the burst's capacity back, so idle
+            // connections stay small (under load batches are large and nothing churns).
+            q.frames = VecDeque::new();
         }
         q.close
     }

@@ -5,8 +5,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tokio::io::AsyncWrite;
 
-/// Above this, the buffer is freed after a flush so idle connections stay small.
-const KEEP_CAPACITY: usize = 16 * 1024;
+/// Above this, the buffer is freed after a flush so idle connections stay small (a burst of
+/// frames, or one history page, would otherwise stay allocated for the connection's life).
+const KEEP_CAPACITY: usize = 2 * 1024;
 
 /// Buffers writes until `poll_flush`, then writes them out in as few syscalls as possible.
 /// Allocates only while it holds data.
@@ -35,6 +36,24 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CoalescingWriter<W> {
         // Bounded by the caller: a connection's outbound queue is bounded in bytes.
         self.get_mut().buf.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = bufs.iter().map(|b| b.len()).sum();
+        this.buf.reserve(n);
+        for b in bufs {
+            this.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -270,7 +270,11 @@ async fn run_session(
         CoalescingWriter::new(write),
         Role::Server,
     );
-    tx.set_writev(false);
+    // Every frame with a payload takes fastwebsockets' vectored path into the coalescing
+    // writer: header and shared payload are appended there directly, with no per-connection
+    // frame buffer (its plain path keeps a buffer as large as the largest frame ever sent).
+    tx.set_writev(true);
+    tx.set_writev_threshold(0);
 
     let conn = st.hub.connect(&me.user_id, &me.name, catching_up);
     st.metrics.connections.inc();
@@ -394,6 +398,10 @@ async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
             wrote = true;
         }
         metrics.frames_out.inc_by(frames);
+        if frames <= 2 && batch.capacity() > 16 {
+            // A quiet moment after a burst: give the burst's capacity back.
+            batch = Vec::new();
+        }
         if let Some((code, reason)) = close {
             let _ = tx.write_frame(Frame::close(code, reason.as_bytes())).await;
             let _ = tx.flush().await;

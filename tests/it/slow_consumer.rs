@@ -120,6 +120,10 @@ async fn a_client_that_stops_reading_is_closed_with_4003_and_catches_up() {
         carol_count < n,
         "the backlog past the queue was dropped, not delivered"
     );
+    eprintln!(
+        "slow consumer: {n} messages of {CONTENT_BYTES} bytes; carol read {carol_count} before \
+         4003; bob's worst lag {worst:?}"
+    );
 
     // carol comes back and catches up from the last message she saw, in small pages.
     let mut carol = Client::connect_sync(&server, &carol_token).await;
