@@ -665,7 +665,13 @@ impl Hub {
         };
         let (mut messages, has_more) = self
             .store
-            .history(room, before, after, limit as usize)
+            .history(
+                room,
+                before,
+                after,
+                limit as usize,
+                self.limits.outbound_queue_bytes / 2,
+            )
             .await?;
         self.apply_status(room, messages.iter_mut());
         Ok(HistoryPage { messages, has_more })

@@ -101,14 +101,16 @@ impl Hub {
         limit: usize,
     ) -> Result<SyncAnswer, ChatError> {
         let mut answer = SyncAnswer::default();
+        // The whole answer must fit the connection's outbound queue with room to spare.
+        let mut budget = self.limits.outbound_queue_bytes / 2;
         for (room, since) in rooms {
             if self.is_member(*room, user).is_none() {
                 answer.missing.push(*room);
                 continue;
             }
-            let (mut changes, has_more) = self
-                .store
-                .changes_since_blocking(*room, *since, upto, limit)?;
+            let (mut changes, has_more) =
+                self.store
+                    .changes_since_blocking(*room, *since, upto, limit, &mut budget)?;
             self.apply_status(*room, changes.iter_mut().map(|c| &mut c.message));
             answer
                 .rooms

@@ -221,27 +221,37 @@ impl Store {
 
     /// A page of a room's messages, newest first, with whether more lie in that direction.
     /// `before`: ids below it; `after`: the oldest `limit` ids above it; neither: the newest.
+    /// The page also stops before its records pass `max_bytes` (at least one message), so an
+    /// answer always fits a connection's outbound queue.
     pub async fn history(
         &self,
         room: Id,
         before: Option<Id>,
         after: Option<Id>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<Message>, bool), StoreError> {
         self.read(move |db| {
             let txn = db.begin_read()?;
             let t = txn.open_table(MESSAGES)?;
             let mut out = Vec::with_capacity(limit + 1);
+            let mut bytes = 0;
+            let mut full = false;
             match after {
                 Some(after) => {
                     for row in t.range((room.0, after.0.saturating_add(1))..=(room.0, u64::MAX))? {
                         let (_, v) = row?;
+                        bytes += v.value().len();
+                        if !out.is_empty() && bytes > max_bytes {
+                            full = true;
+                            break;
+                        }
                         out.push(decode::<Message>("messages", v.value())?);
                         if out.len() > limit {
                             break;
                         }
                     }
-                    let more = out.len() > limit;
+                    let more = full || out.len() > limit;
                     out.truncate(limit);
                     out.reverse();
                     Ok((out, more))
@@ -255,12 +265,17 @@ impl Store {
                     };
                     for row in range.rev() {
                         let (_, v) = row?;
+                        bytes += v.value().len();
+                        if !out.is_empty() && bytes > max_bytes {
+                            full = true;
+                            break;
+                        }
                         out.push(decode::<Message>("messages", v.value())?);
                         if out.len() > limit {
                             break;
                         }
                     }
-                    let more = out.len() > limit;
+                    let more = full || out.len() > limit;
                     out.truncate(limit);
                     Ok((out, more))
                 }
@@ -270,14 +285,16 @@ impl Store {
     }
 
     /// A room's changes after `since`, oldest first, at most `limit`, none past `upto`: new
-    /// messages (from MESSAGES, where seq = id) merged with edits and deletes (CHANGES). Blocking:
-    /// for the writer thread's completions or the blocking pool.
+    /// messages (from MESSAGES, where seq = id) merged with edits and deletes (CHANGES). Each
+    /// change's record size is taken from `budget`; the page stops (with more to come) when the
+    /// next one does not fit. Blocking: for the writer thread's completions or the blocking pool.
     pub fn changes_since_blocking(
         &self,
         room: Id,
         since: Id,
         upto: Id,
         limit: usize,
+        budget: &mut usize,
     ) -> Result<(Vec<Change>, bool), StoreError> {
         let txn = self.inner.db.begin_read()?;
         let messages = txn.open_table(MESSAGES)?;
@@ -301,6 +318,19 @@ impl Store {
             if out.len() == limit {
                 return Ok((out, true));
             }
+            let size = match (&next_msg, &next_edit, take_msg) {
+                (Some((_, v)), _, true) => v.value().len(),
+                // An edit's record is read below; count it as the largest a message can be
+                // stored as, roughly its current length, by reading it once here.
+                (_, Some((_, v)), false) => messages
+                    .get((room.0, v.value().0))?
+                    .map_or(0, |m| m.value().len()),
+                _ => 0,
+            };
+            if size > *budget {
+                return Ok((out, true));
+            }
+            *budget -= size;
             if take_msg {
                 if let Some((k, v)) = next_msg.take() {
                     let message: Message = decode("messages", v.value())?;
