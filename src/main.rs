@@ -79,6 +79,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::CheckConfig => {
             print_provenance(&loaded);
+            if let Err(e) = confab::auth::check_public_keys(&loaded.config.auth) {
+                eprintln!("error: auth.public_keys: {e}");
+                std::process::exit(2);
+            }
             println!("configuration is valid");
             Ok(())
         }

@@ -80,24 +80,8 @@ impl Authenticator {
     /// Builds the verifier: the HS256 secret comes from `jwt_secret_file`, `jwt_secret`, or
     /// `<data_dir>/jwt-secret` (created with 256 random bits on first use).
     pub fn new(cfg: &AuthConfig, data_dir: &Path) -> Result<Self, AuthError> {
+        let public = load_public_keys(cfg)?;
         let secret = load_or_create_secret(cfg, data_dir)?;
-        let mut public = Vec::new();
-        for pk in &cfg.public_keys {
-            let pem = std::fs::read(&pk.path)
-                .map_err(|e| AuthError::Key(format!("{}: {e}", pk.path.display())))?;
-            let (alg, key) = match pk.alg.as_str() {
-                "RS256" => (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem)),
-                "ES256" => (Algorithm::ES256, DecodingKey::from_ec_pem(&pem)),
-                "EdDSA" => (Algorithm::EdDSA, DecodingKey::from_ed_pem(&pem)),
-                other => return Err(AuthError::Key(format!("unsupported alg {other}"))),
-            };
-            let key = key.map_err(|e| AuthError::Key(format!("{}: {e}", pk.path.display())))?;
-            public.push(PublicKey {
-                alg,
-                kid: pk.kid.clone(),
-                key,
-            });
-        }
         Ok(Self {
             inner: Arc::new(Inner {
                 hs_encode: EncodingKey::from_secret(&secret),
@@ -208,6 +192,33 @@ impl Authenticator {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &full, &self.inner.hs_encode)
             .map_err(|e| AuthError::Key(e.to_string()))
     }
+}
+
+/// Loads every configured public key; `confab check-config` uses it to report a bad PEM
+/// without starting anything.
+pub fn check_public_keys(cfg: &AuthConfig) -> Result<(), AuthError> {
+    load_public_keys(cfg).map(|_| ())
+}
+
+fn load_public_keys(cfg: &AuthConfig) -> Result<Vec<PublicKey>, AuthError> {
+    let mut public = Vec::new();
+    for pk in &cfg.public_keys {
+        let pem = std::fs::read(&pk.path)
+            .map_err(|e| AuthError::Key(format!("{}: {e}", pk.path.display())))?;
+        let (alg, key) = match pk.alg.as_str() {
+            "RS256" => (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem)),
+            "ES256" => (Algorithm::ES256, DecodingKey::from_ec_pem(&pem)),
+            "EdDSA" => (Algorithm::EdDSA, DecodingKey::from_ed_pem(&pem)),
+            other => return Err(AuthError::Key(format!("unsupported alg {other}"))),
+        };
+        let key = key.map_err(|e| AuthError::Key(format!("{}: {e}", pk.path.display())))?;
+        public.push(PublicKey {
+            alg,
+            kid: pk.kid.clone(),
+            key,
+        });
+    }
+    Ok(public)
 }
 
 fn load_or_create_secret(cfg: &AuthConfig, data_dir: &Path) -> Result<Vec<u8>, AuthError> {

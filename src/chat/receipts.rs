@@ -101,7 +101,7 @@ impl Hub {
         room: Id,
         message: Id,
     ) -> Result<u64, ChatError> {
-        let (upto, delivered, current, private) = {
+        let (upto, delivered, private) = {
             let st = self.state.read();
             let r = st.rooms.get(&room).ok_or(ChatError::NotFound("room"))?;
             let m = r.members.get(user).ok_or(ChatError::NotFound("room"))?;
@@ -109,14 +109,8 @@ impl Hub {
             if upto <= m.read_up_to {
                 return Ok(m.read_at.unwrap_or(0));
             }
-            (
-                upto,
-                m.delivered_up_to.max(upto),
-                m.read_up_to,
-                private(&st.users, user),
-            )
+            (upto, m.delivered_up_to.max(upto), private(&st.users, user))
         };
-        let _ = current;
         let read_at = now_ms();
         let update = ReceiptUpdate {
             room,
