@@ -7,7 +7,7 @@ use tokio::io::AsyncWrite;
 
 /// Above this, the buffer is freed after a flush so idle connections stay small (a burst of
 /// frames, or one history page, would otherwise stay allocated for the connection's life).
-const KEEP_CAPACITY: usize = 2 * 1024;
+const KEEP_CAPACITY: usize = 256;
 
 /// Buffers writes until `poll_flush`, then writes them out in as few syscalls as possible.
 /// Allocates only while it holds data.
