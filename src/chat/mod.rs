@@ -205,6 +205,8 @@ pub struct Hub {
     // Lock order: `state` before `conns`, never the other way.
     conns: RwLock<LocalConnections>,
     next_conn: AtomicU64,
+    /// Connections still catching up (not in `conns` yet), so shutdown reaches them too.
+    catching_up: parking_lot::Mutex<HashMap<u64, Arc<Outbox>>>,
 }
 
 #[derive(Serialize)]
@@ -255,6 +257,7 @@ impl Hub {
             state: RwLock::new(state),
             conns: RwLock::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            catching_up: parking_lot::Mutex::new(HashMap::new()),
         }))
     }
 
@@ -289,7 +292,9 @@ impl Hub {
             messages: limits::Bucket::new(self.rate.messages_per_sec, self.rate.messages_burst),
             typing: limits::Bucket::new(self.rate.typing_per_sec, self.rate.typing_burst),
         });
-        if !catching_up {
+        if catching_up {
+            self.catching_up.lock().insert(conn.id, conn.outbox.clone());
+        } else {
             self.go_live(&conn);
         }
         self.user_connected(user);
@@ -301,6 +306,7 @@ impl Hub {
         if conn.live.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.catching_up.lock().remove(&conn.id);
         self.conns
             .write()
             .entry(conn.user.clone())
@@ -310,6 +316,7 @@ impl Hub {
 
     /// Forgets a connection; the user goes offline after the grace if it was their last.
     pub fn disconnect(&self, conn: &Connection) {
+        self.catching_up.lock().remove(&conn.id);
         {
             let mut conns = self.conns.write();
             if let Some(list) = conns.get_mut(&conn.user) {
@@ -333,6 +340,9 @@ impl Hub {
 
     /// Asks every connection to close after what is already queued.
     pub fn close_all(&self, code: u16, reason: &'static str) {
+        for ob in self.catching_up.lock().values() {
+            ob.close(code, reason);
+        }
         for list in self.conns.read().values() {
             for (_, ob) in list {
                 ob.close(code, reason);

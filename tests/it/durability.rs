@@ -362,3 +362,20 @@ async fn everything_survives_a_clean_restart() {
         after
     );
 }
+
+/// Issue 2/3 regression: shutdown closes with 1001 even a connection still catching up
+/// (`sync=1`, not yet live), instead of leaving it to the shutdown grace.
+#[tokio::test]
+async fn shutdown_closes_connections_that_are_still_catching_up() {
+    let mut server = Server::start();
+    let token = server.token("carol", None);
+    let mut carol = Client::connect_sync(&server, &token).await;
+    server.sigterm();
+    assert_eq!(
+        carol.expect_close(TIMEOUT).await,
+        Some(1001),
+        "a catching-up connection is told the server is going away"
+    );
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "clean exit: {status}");
+}
