@@ -98,11 +98,16 @@ type LocalConnections = HashMap<UserId, Vec<(u64, Arc<Outbox>)>>;
 struct RoomEntry {
     room: Room,
     members: HashMap<UserId, Member>,
-    /// Newest message id in the room: receipts never point past it.
-    last_message: Id,
+    /// Newest message id in the room: receipts never point past it. Atomic so that the send
+    /// path moves it under the state's read lock.
+    last_message: AtomicU64,
 }
 
 impl RoomEntry {
+    fn last_message(&self) -> Id {
+        Id(self.last_message.load(Ordering::Acquire))
+    }
+
     fn info(&self) -> RoomInfo {
         RoomInfo {
             room: self.room.clone(),
@@ -116,7 +121,7 @@ impl RoomEntry {
         Self {
             room,
             members: HashMap::new(),
-            last_message: Id(0),
+            last_message: AtomicU64::new(0),
         }
     }
 }
@@ -233,7 +238,7 @@ impl Hub {
         for (room, members) in snap.rooms {
             let id = room.id;
             let mut entry = RoomEntry::new(room);
-            entry.last_message = store.last_message_id_blocking(id)?;
+            entry.last_message = AtomicU64::new(store.last_message_id_blocking(id)?.0);
             state.rooms.insert(id, entry);
             for m in members {
                 state.add_member(id, m);
@@ -530,10 +535,10 @@ impl Hub {
             Ok(_) => Err(ChatError::Unavailable("unexpected storage answer")),
             Err(e) => Err(e),
         };
-        let ack_id = ack.as_ref().map(|a| a.message.id).map_err(|_| ());
         let fanout = match &ack {
             Ok(a) if !a.duplicate => Some((
                 a.message.room_id,
+                a.message.id,
                 protocol::event(
                     "receive_message",
                     &MessageEvent {
@@ -556,12 +561,11 @@ impl Hub {
                 let _ = tx.send(ack);
             }
         }
-        if let Some((room, frame)) = fanout {
+        if let Some((room, id, frame)) = fanout {
             self.metrics.messages_in.inc();
-            if let Ok(a) = &ack_id
-                && let Some(r) = self.state.write().rooms.get_mut(&room)
-            {
-                r.last_message = r.last_message.max(*a);
+            // A read lock and an atomic: the send path never takes the state's write lock.
+            if let Some(r) = self.state.read().rooms.get(&room) {
+                r.last_message.fetch_max(id.0, Ordering::AcqRel);
             }
             self.broadcast(room, &frame);
         }
@@ -744,7 +748,7 @@ impl Hub {
                 .filter_map(|id| {
                     let r = st.rooms.get(id)?;
                     let read = r.members.get(user).map_or(Id(0), |m| m.read_up_to);
-                    let unread_possible = r.last_message > read;
+                    let unread_possible = r.last_message() > read;
                     Some((r.info(), if unread_possible { read } else { Id(u64::MAX) }))
                 })
                 .collect()

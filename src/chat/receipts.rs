@@ -75,7 +75,7 @@ impl Hub {
         let moved = {
             let mut st = self.state.write();
             let r = st.rooms.get_mut(&room).ok_or(ChatError::NotFound("room"))?;
-            let upto = message.min(r.last_message);
+            let upto = message.min(r.last_message());
             let m = r.members.get_mut(user).ok_or(ChatError::NotFound("room"))?;
             if upto > m.delivered_up_to {
                 m.delivered_up_to = upto;
@@ -105,7 +105,7 @@ impl Hub {
             let st = self.state.read();
             let r = st.rooms.get(&room).ok_or(ChatError::NotFound("room"))?;
             let m = r.members.get(user).ok_or(ChatError::NotFound("room"))?;
-            let upto = message.min(r.last_message);
+            let upto = message.min(r.last_message());
             if upto <= m.read_up_to {
                 return Ok(m.read_at.unwrap_or(0));
             }
