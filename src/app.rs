@@ -18,6 +18,8 @@ pub enum StartError {
     Auth(#[from] crate::auth::AuthError),
     #[error("chat: {0}")]
     Chat(#[from] crate::chat::ChatError),
+    #[error("files: {0}")]
+    Files(#[from] crate::files::FileError),
 }
 
 /// The opened parts, ready to serve.
@@ -41,8 +43,11 @@ impl App {
             config.storage.max_batch,
             metrics.clone(),
         )?;
+        let files =
+            crate::files::Files::open(data, config.files.clone(), store.clone(), metrics.clone())?;
         let hub = Hub::new(
             store.clone(),
+            files,
             config.limits.clone(),
             config.rate_limits.clone(),
             config.presence.clone(),
@@ -64,6 +69,7 @@ impl App {
     /// Serves until `shutdown` resolves, then closes everything in order.
     pub async fn run(self, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
         let ticker = self.hub.start_ticker();
+        let collector = self.hub.files().start_collector();
         crate::server::serve(
             listener,
             self.hub.clone(),
@@ -74,6 +80,7 @@ impl App {
         )
         .await;
         ticker.abort();
+        collector.abort();
         let store = self.store.clone();
         // Commits everything already queued, then stops the writer thread.
         let _ = tokio::task::spawn_blocking(move || store.close()).await;

@@ -182,6 +182,8 @@ pub struct RateLimits {
     pub joins_burst: u32,
     pub connects_per_sec_per_ip: u32,
     pub connects_burst_per_ip: u32,
+    pub uploads_per_sec: u32,
+    pub uploads_burst: u32,
     pub abuse_strikes: u32,
 }
 
@@ -198,6 +200,8 @@ impl Default for RateLimits {
             joins_burst: 20,
             connects_per_sec_per_ip: 10,
             connects_burst_per_ip: 50,
+            uploads_per_sec: 2,
+            uploads_burst: 20,
             abuse_strikes: 50,
         }
     }
@@ -213,6 +217,41 @@ impl Default for PresenceConfig {
     fn default() -> Self {
         Self {
             offline_grace_secs: 5,
+        }
+    }
+}
+
+/// Uploads: sizes, quota, disk floor, thumbnails, collection, download credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FilesConfig {
+    pub max_file_bytes: u64,
+    pub user_quota_bytes: u64,
+    pub min_free_disk_bytes: u64,
+    pub thumbnail_max_px: u32,
+    pub max_image_pixels: u64,
+    pub max_decode_bytes: u64,
+    pub thumbnail_wait_ms: u64,
+    pub unreferenced_grace_secs: u64,
+    pub gc_interval_secs: u64,
+    pub signed_url_ttl_secs: u64,
+    pub cookie_ttl_secs: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 100 * 1024 * 1024,
+            user_quota_bytes: 1024 * 1024 * 1024,
+            min_free_disk_bytes: 512 * 1024 * 1024,
+            thumbnail_max_px: 320,
+            max_image_pixels: 50_000_000,
+            max_decode_bytes: 256 * 1024 * 1024,
+            thumbnail_wait_ms: 5000,
+            unreferenced_grace_secs: 86_400,
+            gc_interval_secs: 600,
+            signed_url_ttl_secs: 600,
+            cookie_ttl_secs: 43_200,
         }
     }
 }
@@ -258,6 +297,7 @@ pub struct RawConfig {
     pub limits: Limits,
     pub rate_limits: RateLimits,
     pub presence: PresenceConfig,
+    pub files: FilesConfig,
     pub node: NodeConfig,
     pub log: LogConfig,
 }
@@ -272,6 +312,7 @@ pub struct Config {
     pub limits: Limits,
     pub rate_limits: RateLimits,
     pub presence: PresenceConfig,
+    pub files: FilesConfig,
     pub node: NodeConfig,
     pub log: LogConfig,
 }
@@ -491,6 +532,8 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
             r.connects_per_sec_per_ip,
         ),
         ("rate_limits.connects_burst_per_ip", r.connects_burst_per_ip),
+        ("rate_limits.uploads_per_sec", r.uploads_per_sec),
+        ("rate_limits.uploads_burst", r.uploads_burst),
         ("rate_limits.abuse_strikes", r.abuse_strikes),
     ] {
         if v == 0 {
@@ -506,6 +549,23 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
     if raw.auth.token_ttl_secs == 0 {
         return Err(invalid("auth.token_ttl_secs", "must be at least 1"));
     }
+    let f = &raw.files;
+    for (key, v) in [
+        ("files.max_file_bytes", f.max_file_bytes),
+        ("files.thumbnail_max_px", u64::from(f.thumbnail_max_px)),
+        ("files.max_image_pixels", f.max_image_pixels),
+        ("files.max_decode_bytes", f.max_decode_bytes),
+        ("files.gc_interval_secs", f.gc_interval_secs),
+        ("files.signed_url_ttl_secs", f.signed_url_ttl_secs),
+        ("files.cookie_ttl_secs", f.cookie_ttl_secs),
+    ] {
+        if v == 0 {
+            return Err(invalid(key, "must be at least 1"));
+        }
+    }
+    if f.thumbnail_max_px > 4096 {
+        return Err(invalid("files.thumbnail_max_px", "must be at most 4096"));
+    }
     Ok(Config {
         listen,
         server: raw.server,
@@ -514,6 +574,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         limits: raw.limits,
         rate_limits: raw.rate_limits,
         presence: raw.presence,
+        files: raw.files,
         node: raw.node,
         log: raw.log,
     })
@@ -567,6 +628,7 @@ mod tests {
             limits: loaded.config.limits,
             rate_limits: loaded.config.rate_limits,
             presence: loaded.config.presence,
+            files: loaded.config.files,
             node: loaded.config.node,
             log: loaded.config.log,
         })

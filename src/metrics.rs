@@ -26,6 +26,12 @@ pub struct Metrics {
     pub write_queue_depth: Gauge,
     resident_bytes: Gauge<u64, AtomicU64>,
     storage_bytes: Gauge<u64, AtomicU64>,
+    pub files_disk_bytes: Gauge<u64, AtomicU64>,
+    pub files_uploads: Gauge<u64, AtomicU64>,
+    pub files_blobs: Gauge<u64, AtomicU64>,
+    pub files_uploaded: Counter,
+    pub files_collected: Counter,
+    pub thumbnails: Family<CodeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -51,6 +57,12 @@ impl Metrics {
             write_queue_depth: Gauge::default(),
             resident_bytes: Gauge::default(),
             storage_bytes: Gauge::default(),
+            files_disk_bytes: Gauge::default(),
+            files_uploads: Gauge::default(),
+            files_blobs: Gauge::default(),
+            files_uploaded: Counter::default(),
+            files_collected: Counter::default(),
+            thumbnails: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -119,6 +131,36 @@ impl Metrics {
             "Size of the database file",
             m.storage_bytes.clone(),
         );
+        r.register(
+            "confab_files_disk_bytes",
+            "Bytes of uploads and thumbnails on disk",
+            m.files_disk_bytes.clone(),
+        );
+        r.register(
+            "confab_files_uploads",
+            "Stored uploads",
+            m.files_uploads.clone(),
+        );
+        r.register(
+            "confab_files_blobs",
+            "Distinct stored contents (uploads of the same bytes share one)",
+            m.files_blobs.clone(),
+        );
+        r.register(
+            "confab_files_uploaded",
+            "Uploads accepted",
+            m.files_uploaded.clone(),
+        );
+        r.register(
+            "confab_files_collected",
+            "Unshared uploads removed by garbage collection",
+            m.files_collected.clone(),
+        );
+        r.register(
+            "confab_thumbnails",
+            "Thumbnails attempted, by result",
+            m.thumbnails.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -126,6 +168,13 @@ impl Metrics {
     pub fn error(&self, code: crate::protocol::ErrorCode) {
         self.errors
             .get_or_create(&vec![("code", code.as_str())])
+            .inc();
+    }
+
+    /// Counts a thumbnail attempt (`ready` or `failed`).
+    pub fn thumbnail(&self, result: &'static str) {
+        self.thumbnails
+            .get_or_create(&vec![("result", result)])
             .inc();
     }
 

@@ -18,9 +18,11 @@ pub use receipts::MessageReceipts;
 pub use sync::SyncAnswer;
 
 use crate::config::{Limits, PresenceConfig, RateLimits};
+use crate::files::Files;
 use crate::metrics::Metrics;
 use crate::model::{
-    Id, Member, Message, MessageType, Role, Room, RoomKind, User, UserId, Visibility,
+    Blob, Id, Member, Message, MessageType, Role, Room, RoomKind, THUMBNAIL_TYPES, Upload, User,
+    UserId, Visibility,
 };
 use crate::protocol::{self, WireError};
 use crate::store::{Store, WriteOp, WriteOutput};
@@ -87,6 +89,8 @@ pub struct NewMessage {
     pub client_msg_id: String,
     pub kind: String,
     pub content: String,
+    /// An upload to share (`file` and `image` messages).
+    pub file_id: Option<Id>,
 }
 
 /// Unread counts stop at this (clients show "9999+").
@@ -199,6 +203,8 @@ impl Connection {
 /// The hub. Shared as `Arc<Hub>`.
 pub struct Hub {
     store: Store,
+    files: Files,
+    user_uploads: limits::UserBuckets,
     metrics: Arc<Metrics>,
     limits: Limits,
     rate: RateLimits,
@@ -228,6 +234,7 @@ impl Hub {
     /// Builds the hub over an opened store, loading rooms, members and users into memory.
     pub fn new(
         store: Store,
+        files: Files,
         limits: Limits,
         rate: RateLimits,
         presence_cfg: PresenceConfig,
@@ -249,6 +256,8 @@ impl Hub {
         }
         Ok(Arc::new(Self {
             store,
+            files,
+            user_uploads: limits::UserBuckets::new(rate.uploads_per_sec, rate.uploads_burst),
             metrics,
             user_messages: limits::UserBuckets::new(
                 rate.user_messages_per_sec,
@@ -272,6 +281,35 @@ impl Hub {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn files(&self) -> &Files {
+        &self.files
+    }
+
+    /// Takes an upload token from the user's bucket.
+    pub fn take_upload_token(&self, user: &UserId) -> Result<(), ChatError> {
+        self.user_uploads.take(user)
+    }
+
+    /// An upload `user` may download: theirs (until a deletion hid it), or shared by a live
+    /// message in a room they are a member of now. Anything else is `not_found`, exactly as
+    /// for an id that does not exist.
+    pub async fn downloadable(&self, user: &UserId, file: Id) -> Result<(Upload, Blob), ChatError> {
+        let (upload, blob) = self
+            .store
+            .upload(file)
+            .await?
+            .filter(|(u, _)| u.hidden_at.is_none())
+            .ok_or(ChatError::NotFound("file"))?;
+        if upload.uploader_id == *user {
+            return Ok((upload, blob));
+        }
+        let rooms = self.store.rooms_sharing(file, 10_000).await?;
+        if rooms.iter().any(|r| self.is_member(*r, user).is_some()) {
+            return Ok((upload, blob));
+        }
+        Err(ChatError::NotFound("file"))
     }
 
     /// How many connections `user` has open, for the per-user cap.
@@ -495,8 +533,39 @@ impl Hub {
 
     // ---- the message flow ----
 
+    /// `send_message` for any message: a message sharing a file first checks the upload (the
+    /// sender's, of the right type) and waits, bounded, for its thumbnail so the message can
+    /// carry it. The connection reads its next frame only after this returns, so sends stay
+    /// in order.
+    pub async fn send_any(
+        self: &Arc<Self>,
+        user: &UserId,
+        msg: NewMessage,
+        reply: Reply,
+    ) -> Result<(), ChatError> {
+        if let Some(fid) = msg.file_id {
+            self.require_member(msg.room_id, user)?;
+            let (upload, blob) = self
+                .store
+                .upload(fid)
+                .await?
+                .filter(|(u, _)| u.uploader_id == *user && u.hidden_at.is_none())
+                .ok_or(ChatError::NotFound("file"))?;
+            if msg.kind == "image" && !THUMBNAIL_TYPES.contains(&blob.mime.as_str()) {
+                return Err(ChatError::Invalid(format!(
+                    "an image message needs a JPEG, PNG, GIF or WebP upload, not {}; send it as type file",
+                    blob.mime
+                )));
+            }
+            let wait = std::time::Duration::from_millis(self.files.config().thumbnail_wait_ms);
+            self.files.wait_thumbnail(&upload.sha256, wait).await;
+        }
+        self.send_message(user, msg, reply)
+    }
+
     /// Validates and queues a message; the ack (to `reply`) and the broadcast to the room
-    /// follow once it is durable. Errors found before storage are returned at once.
+    /// follow once it is durable. Errors found before storage are returned at once. A message
+    /// sharing a file should come through `send_any`.
     pub fn send_message(
         self: &Arc<Self>,
         user: &UserId,
@@ -510,7 +579,23 @@ impl Hub {
             ))
         })?;
         validate::client_msg_id(&msg.client_msg_id)?;
-        validate::content(&msg.content, self.limits.max_message_bytes)?;
+        match (kind, msg.file_id) {
+            (MessageType::Text, None) => {
+                validate::content(&msg.content, self.limits.max_message_bytes)?
+            }
+            (MessageType::Text, Some(_)) => {
+                return Err(ChatError::Invalid(
+                    "a text message cannot carry a file_id; use type file or image".into(),
+                ));
+            }
+            (_, None) => {
+                return Err(ChatError::Invalid(
+                    "a file or image message needs the file_id of an upload (POST /api/files)"
+                        .into(),
+                ));
+            }
+            (_, Some(_)) => validate::caption(&msg.content, self.limits.max_message_bytes)?,
+        }
         self.require_member(msg.room_id, user)?;
         self.user_messages.take(user)?;
         let hub = self.clone();
@@ -520,11 +605,19 @@ impl Hub {
             client_msg_id: msg.client_msg_id,
             kind,
             content: msg.content,
+            file: msg.file_id,
         };
         self.store
             .submit(
                 op,
-                Box::new(move |res| hub.complete_send(res.map_err(ChatError::from), reply)),
+                Box::new(move |res| {
+                    // The only record an append looks up is the shared upload.
+                    let res = res.map_err(|e| match ChatError::from(e) {
+                        ChatError::NotFound(_) => ChatError::NotFound("file"),
+                        other => other,
+                    });
+                    hub.complete_send(res, reply)
+                }),
             )
             .map_err(ChatError::from)
     }
@@ -578,7 +671,7 @@ impl Hub {
         msg: NewMessage,
     ) -> Result<SendAck, ChatError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send_message(user, msg, Reply::Channel(tx))?;
+        self.send_any(user, msg, Reply::Channel(tx)).await?;
         rx.await
             .unwrap_or(Err(ChatError::Unavailable("server is shutting down")))
     }

@@ -16,6 +16,17 @@ pub fn content(s: &str, max_bytes: usize) -> Result<(), ChatError> {
     Ok(())
 }
 
+/// A caption on a file or image message: may be empty, within the byte limit.
+pub fn caption(s: &str, max_bytes: usize) -> Result<(), ChatError> {
+    if s.len() > max_bytes {
+        return Err(ChatError::TooLarge(format!(
+            "content is {} bytes; the limit is {max_bytes}",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The sender's idempotency key: 1–64 bytes, no control characters.
 pub fn client_msg_id(s: &str) -> Result<(), ChatError> {
     if s.is_empty() || s.len() > 64 || s.chars().any(char::is_control) {

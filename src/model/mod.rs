@@ -63,6 +63,140 @@ pub struct Message {
     pub created_at: u64,
     pub edited_at: Option<u64>,
     pub deleted_at: Option<u64>,
+    /// The shared upload, on `file` and `image` messages (removed when the message is deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileRef>,
+}
+
+/// The types served inline and thumbnailed: decoders we trust, formats browsers render safely.
+pub const THUMBNAIL_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
+
+/// What a message says about the upload it shares: enough to render it without another call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub id: Id,
+    pub name: String,
+    pub size: u64,
+    pub mime: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub thumbnail: Option<Dimensions>,
+    pub url: String,
+    pub thumbnail_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dimensions {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Where a blob's thumbnail stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThumbState {
+    /// Queued or being made.
+    Pending,
+    Ready,
+    /// Decoding failed or passed the decoder limits.
+    Failed,
+    /// Not an image type we thumbnail.
+    None,
+}
+
+/// Stored bytes, shared by every upload of the same content (named by their SHA-256).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Blob {
+    pub sha256: String,
+    pub size: u64,
+    pub mime: String,
+    /// Uploads referring to these bytes; at zero the bytes leave the disk.
+    pub refs: u64,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub thumb_state: ThumbState,
+    pub thumb: Option<Dimensions>,
+    /// Bytes of the thumbnail file on disk, if any.
+    #[serde(default)]
+    pub thumb_bytes: u64,
+    /// `image/jpeg` or `image/png`.
+    #[serde(default)]
+    pub thumb_mime: Option<String>,
+}
+
+/// One upload: a user's named reference to a blob.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Upload {
+    pub id: Id,
+    pub sha256: String,
+    pub name: String,
+    pub uploader_id: UserId,
+    pub created_at: u64,
+    /// Set when the last message sharing it was deleted: hidden from everyone from then on.
+    #[serde(default)]
+    pub hidden_at: Option<u64>,
+}
+
+/// An upload as clients see it (`POST /api/files`, `GET /api/files/{id}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadView {
+    pub id: Id,
+    pub name: String,
+    pub size: u64,
+    pub mime: String,
+    pub sha256: String,
+    pub uploader_id: UserId,
+    pub created_at: u64,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub thumbnail: ThumbState,
+    pub url: String,
+    pub thumbnail_url: Option<String>,
+}
+
+impl UploadView {
+    pub fn new(u: &Upload, b: &Blob) -> Self {
+        let url = format!("/files/{}", u.id);
+        let thumbnail_url = matches!(b.thumb_state, ThumbState::Ready | ThumbState::Pending)
+            .then(|| format!("{url}/thumb"));
+        Self {
+            id: u.id,
+            name: u.name.clone(),
+            size: b.size,
+            mime: b.mime.clone(),
+            sha256: b.sha256.clone(),
+            uploader_id: u.uploader_id.clone(),
+            created_at: u.created_at,
+            width: b.width,
+            height: b.height,
+            thumbnail: b.thumb_state,
+            url,
+            thumbnail_url,
+        }
+    }
+}
+
+impl FileRef {
+    /// The reference a message stores: the thumbnail only if it is made.
+    pub fn new(u: &Upload, b: &Blob) -> Self {
+        let url = format!("/files/{}", u.id);
+        let thumb = if b.thumb_state == ThumbState::Ready {
+            b.thumb
+        } else {
+            None
+        };
+        Self {
+            id: u.id,
+            name: u.name.clone(),
+            size: b.size,
+            mime: b.mime.clone(),
+            width: b.width,
+            height: b.height,
+            thumbnail: thumb,
+            thumbnail_url: thumb.map(|_| format!("{url}/thumb")),
+            url,
+        }
+    }
 }
 
 /// Whether anyone may find and join a room, or only invitees.

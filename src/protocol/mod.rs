@@ -30,11 +30,13 @@ pub enum ErrorCode {
     RateLimited,
     Unavailable,
     Internal,
+    QuotaExceeded,
+    InsufficientStorage,
 }
 
 impl ErrorCode {
     /// Every code, for metrics and the protocol-doc check.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidPayload,
         ErrorCode::UnknownEvent,
@@ -46,6 +48,8 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::InsufficientStorage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +65,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
         }
     }
 
@@ -76,6 +82,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::QuotaExceeded => 413,
+            ErrorCode::InsufficientStorage => 507,
         }
     }
 }

@@ -33,7 +33,11 @@ pub struct SendMessage {
     pub client_msg_id: String,
     #[serde(rename = "type", default = "default_type")]
     pub kind: String,
+    #[serde(default)]
     pub content: String,
+    /// An upload to share (types `file` and `image`).
+    #[serde(default)]
+    pub file_id: Option<Id>,
 }
 
 fn default_type() -> String {
@@ -47,7 +51,11 @@ pub struct PostMessage {
     pub client_msg_id: String,
     #[serde(rename = "type", default = "default_type")]
     pub kind: String,
+    #[serde(default)]
     pub content: String,
+    /// An upload to share (types `file` and `image`).
+    #[serde(default)]
+    pub file_id: Option<Id>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,8 +1,7 @@
 //! The web UI, embedded in the binary by rust-embed (read from disk in debug builds).
 
-use super::http::{Resp, text};
+use super::http::{Resp, full, text};
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{HeaderMap, Response, StatusCode};
 use rust_embed::RustEmbed;
@@ -31,11 +30,11 @@ pub fn serve(path: &str, req_headers: &HeaderMap) -> Resp {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
     let mut r = if not_modified {
-        let mut r = Response::new(Full::new(Bytes::new()));
+        let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else {
-        Response::new(Full::new(Bytes::from(file.data.into_owned())))
+        Response::new(full(file.data.into_owned()))
     };
     let mime = mime_guess::from_path(rel).first_or_octet_stream();
     let h = r.headers_mut();

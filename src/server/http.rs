@@ -8,6 +8,7 @@ use crate::model::{Account, Id, UserId, now_ms};
 use crate::protocol::{self, ErrorCode, WireError};
 use crate::store::{StoreError, WriteOp};
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -17,7 +18,16 @@ use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-pub type Resp = Response<Full<Bytes>>;
+/// Response bodies: whole buffers, or files streamed from disk.
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+pub type Resp = Response<Body>;
+
+/// A body of one buffer.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
 
 /// Largest REST request body.
 const MAX_BODY: usize = 64 * 1024;
@@ -44,6 +54,12 @@ pub async fn route(st: AppState, peer: SocketAddr, req: Request<Incoming>) -> Re
             Ok(r)
         }
         (_, ["api", rest @ ..]) => api(&st, &method, rest, req).await,
+        (&Method::GET | &Method::HEAD, ["files", id]) => {
+            super::files::download(&st, req, id, false).await
+        }
+        (&Method::GET | &Method::HEAD, ["files", id, "thumb"]) => {
+            super::files::download(&st, req, id, true).await
+        }
         (&Method::GET | &Method::HEAD, _) => Ok(super::assets::serve(&path, req.headers())),
         _ => Err(WireError::new(ErrorCode::NotFound, "no such endpoint")),
     };
@@ -56,7 +72,7 @@ pub async fn route(st: AppState, peer: SocketAddr, req: Request<Incoming>) -> Re
     }
 }
 
-type ApiResult = Result<Resp, WireError>;
+pub(super) type ApiResult = Result<Resp, WireError>;
 
 async fn api(st: &AppState, method: &Method, seg: &[&str], req: Request<Incoming>) -> ApiResult {
     match (method, seg) {
@@ -67,6 +83,9 @@ async fn api(st: &AppState, method: &Method, seg: &[&str], req: Request<Incoming
     let me = authenticate(st, &req)?;
     let hub = &st.hub;
     let user = &me.user_id;
+    if let ["files", rest @ ..] = seg {
+        return super::files::api(st, user, method, rest, req).await;
+    }
     match (method, seg) {
         (&Method::GET, ["me"]) => ok(&serde_json::json!({
             "user": {"id": user, "name": me.name},
@@ -165,6 +184,7 @@ async fn api(st: &AppState, method: &Method, seg: &[&str], req: Request<Incoming
                         client_msg_id: b.client_msg_id,
                         kind: b.kind,
                         content: b.content,
+                        file_id: b.file_id,
                     },
                 )
                 .await
@@ -232,7 +252,7 @@ pub fn auth_error(e: AuthError) -> WireError {
     }
 }
 
-fn store_error(e: StoreError) -> WireError {
+pub(super) fn store_error(e: StoreError) -> WireError {
     ChatError::from(e).to_wire()
 }
 
@@ -432,7 +452,7 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, WireErro
 
 fn json_response<T: Serialize>(status: StatusCode, v: &T) -> Resp {
     let body = serde_json::to_vec(v).unwrap_or_default();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -443,7 +463,7 @@ fn json_response<T: Serialize>(status: StatusCode, v: &T) -> Resp {
     r
 }
 
-fn ok<T: Serialize>(v: &T) -> ApiResult {
+pub(super) fn ok<T: Serialize>(v: &T) -> ApiResult {
     Ok(json_response(StatusCode::OK, v))
 }
 
@@ -451,12 +471,12 @@ fn ok_json<T: Serialize>(v: &T) -> ApiResult {
     ok(v)
 }
 
-fn created<T: Serialize>(v: &T) -> ApiResult {
+pub(super) fn created<T: Serialize>(v: &T) -> ApiResult {
     Ok(json_response(StatusCode::CREATED, v))
 }
 
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

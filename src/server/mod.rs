@@ -4,6 +4,7 @@
 //! calls and hub answers into responses and frames, mapping errors to wire codes once.
 
 mod assets;
+mod files;
 mod http;
 mod io;
 mod ws;

@@ -2,7 +2,7 @@
 //! a reader that dispatches requests to the hub and a writer that drains the outbox.
 
 use super::AppState;
-use super::http::{Resp, auth_error, bearer, error_response};
+use super::http::{Resp, auth_error, bearer, error_response, full};
 use super::io::CoalescingWriter;
 use crate::auth::Identity;
 use crate::chat::{ChatError, Connection, NewMessage, Reply};
@@ -10,7 +10,6 @@ use crate::model::now_ms;
 use crate::protocol::{self, ErrorCode, WireError, close};
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -115,7 +114,7 @@ pub async fn upgrade(st: AppState, peer: SocketAddr, mut req: Request<Incoming>)
         st.sockets.fetch_sub(1, Ordering::AcqRel);
     });
     let (parts, _) = resp.into_parts();
-    let mut r = Response::from_parts(parts, Full::new(Bytes::new()));
+    let mut r = Response::from_parts(parts, full(Bytes::new()));
     if via_protocol {
         r.headers_mut().insert(
             "sec-websocket-protocol",
@@ -696,19 +695,21 @@ async fn dispatch(
         "send_message" => {
             let d: protocol::SendMessage = protocol::parse_data(data)?;
             conn.take_message_token().map_err(chat)?;
-            hub.send_message(
+            hub.send_any(
                 user,
                 NewMessage {
                     room_id: d.room_id,
                     client_msg_id: d.client_msg_id,
                     kind: d.kind,
                     content: d.content,
+                    file_id: d.file_id,
                 },
                 Reply::Socket {
                     outbox: conn.outbox.clone(),
                     reference: reference.map(str::to_owned),
                 },
             )
+            .await
             .map_err(chat)?;
             Ok(None)
         }

@@ -8,10 +8,12 @@ mod tables;
 pub use tables::SCHEMA_VERSION;
 mod writer;
 
-pub use writer::{ReceiptUpdate, WriteOp, WriteOutput};
+pub use writer::{Collected, ReceiptUpdate, WriteOp, WriteOutput};
 
 use crate::metrics::Metrics;
-use crate::model::{Account, Change, ChangeKind, Id, Member, Message, Room, User, UserId};
+use crate::model::{
+    Account, Blob, Change, ChangeKind, Id, Member, Message, Room, Upload, User, UserId,
+};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -418,6 +420,102 @@ impl Store {
                 Some(v) => Ok(Some(decode("accounts", v.value())?)),
                 None => Ok(None),
             }
+        })
+        .await
+    }
+
+    /// An upload and its blob, hidden or not.
+    pub async fn upload(&self, id: Id) -> Result<Option<(Upload, Blob)>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let uploads = txn.open_table(UPLOADS)?;
+            let blobs = txn.open_table(BLOBS)?;
+            let Some(v) = uploads.get(id.0)? else {
+                return Ok(None);
+            };
+            let upload: Upload = decode("uploads", v.value())?;
+            match blobs.get(upload.sha256.as_str())? {
+                Some(b) => Ok(Some((upload, decode("blobs", b.value())?))),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// The rooms where live messages share an upload (each room once, at most `cap`).
+    pub async fn rooms_sharing(&self, file: Id, cap: usize) -> Result<Vec<Id>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(SHARES)?;
+            let mut rooms: Vec<Id> = Vec::new();
+            for row in t.range((file.0, 0, 0)..=(file.0, u64::MAX, u64::MAX))? {
+                let (k, _) = row?;
+                let room = Id(k.value().1);
+                if rooms.last() != Some(&room) {
+                    rooms.push(room);
+                    if rooms.len() >= cap {
+                        break;
+                    }
+                }
+            }
+            Ok(rooms)
+        })
+        .await
+    }
+
+    /// Every upload and blob, for the file service's counters at start. Blocking.
+    pub fn files_snapshot_blocking(&self) -> Result<(Vec<Upload>, Vec<Blob>), StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let uploads = txn
+            .open_table(UPLOADS)?
+            .iter()?
+            .map(|row| {
+                let (_, v) = row?;
+                decode::<Upload>("uploads", v.value())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let blobs = txn
+            .open_table(BLOBS)?
+            .iter()?
+            .map(|row| {
+                let (_, v) = row?;
+                decode::<Blob>("blobs", v.value())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((uploads, blobs))
+    }
+
+    /// Uploads no live message shares that are hidden or were created before
+    /// `created_before`, at most `limit` of them.
+    pub async fn unshared_uploads(
+        &self,
+        created_before: u64,
+        limit: usize,
+    ) -> Result<Vec<Id>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let uploads = txn.open_table(UPLOADS)?;
+            let shares = txn.open_table(SHARES)?;
+            let mut out = Vec::new();
+            for row in uploads.iter()? {
+                let (k, v) = row?;
+                let u: Upload = decode("uploads", v.value())?;
+                if u.hidden_at.is_none() && u.created_at >= created_before {
+                    continue;
+                }
+                let id = k.value();
+                let shared = shares
+                    .range((id, 0, 0)..=(id, u64::MAX, u64::MAX))?
+                    .next()
+                    .is_some();
+                if !shared {
+                    out.push(Id(id));
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
         })
         .await
     }

@@ -26,6 +26,12 @@ pub const DMS: TableDefinition<(&str, &str), u64> = TableDefinition::new("dms");
 pub const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 /// user id → User JSON (display name).
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// upload id → Upload JSON.
+pub const UPLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("uploads");
+/// SHA-256 (hex) → Blob JSON: the stored bytes, their reference count and thumbnail.
+pub const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+/// (upload, room, message) → (): which live messages share an upload.
+pub const SHARES: TableDefinition<(u64, u64, u64), ()> = TableDefinition::new("shares");
 
 pub const META_SCHEMA: &str = "schema_version";
 pub const META_NODE: &str = "node_id";
@@ -45,6 +51,9 @@ pub fn init(db: &Database, configured_node: Option<u16>) -> Result<(u16, Id), St
         txn.open_table(DMS)?;
         txn.open_table(ACCOUNTS)?;
         txn.open_table(USERS)?;
+        txn.open_table(UPLOADS)?;
+        txn.open_table(BLOBS)?;
+        txn.open_table(SHARES)?;
         let found = meta.get(META_SCHEMA)?.map(|v| v.value());
         match found {
             None => {

@@ -4,8 +4,9 @@ use super::tables::*;
 use super::{Completion, StoreError, decode, encode};
 use crate::metrics::Metrics;
 use crate::model::{
-    Account, ChangeKind, Id, IdGenerator, Member, Message, MessageStatus, MessageType, Role, Room,
-    RoomKind, User, UserId, Visibility, now_ms,
+    Account, Blob, ChangeKind, Dimensions, FileRef, Id, IdGenerator, Member, Message,
+    MessageStatus, MessageType, Role, Room, RoomKind, ThumbState, Upload, User, UserId, Visibility,
+    now_ms,
 };
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub enum WriteOp {
         client_msg_id: String,
         kind: MessageType,
         content: String,
+        /// An upload to share: it must exist, be visible and belong to the sender.
+        file: Option<Id>,
     },
     /// Replaces a live message's content. `moderator` lets someone other than the sender do it.
     EditMessage {
@@ -71,6 +74,39 @@ pub enum WriteOp {
     /// Writes nothing; completes once every write queued before it has completed, and says
     /// the last id issued before it.
     Barrier,
+    /// Records an upload whose bytes are on disk under `blob.sha256`: a new blob (refs 1) or
+    /// one more reference to a known one (whose thumbnail state is kept).
+    AddUpload {
+        sha256: String,
+        name: String,
+        uploader: UserId,
+        /// Boxed: rare, and it would double the size of every queued write.
+        blob: Box<Blob>,
+    },
+    /// Stores the outcome of making a blob's thumbnail.
+    SetThumbnail {
+        sha256: String,
+        width: Option<u32>,
+        height: Option<u32>,
+        state: ThumbState,
+        thumb: Option<Dimensions>,
+        thumb_bytes: u64,
+        thumb_mime: Option<String>,
+    },
+    /// Removes the uploads in `ids` that still have no sharing message and are hidden or
+    /// created before `created_before`; drops blobs nobody refers to any more.
+    CollectUploads {
+        ids: Vec<Id>,
+        created_before: u64,
+    },
+}
+
+/// An upload removed by `CollectUploads`, and its blob if that was the last reference.
+#[derive(Debug)]
+pub struct Collected {
+    pub upload: Upload,
+    pub size: u64,
+    pub blob_removed: Option<Blob>,
 }
 
 /// New receipt watermarks for one member of one room.
@@ -120,6 +156,14 @@ pub enum WriteOutput {
     Barrier {
         last_id: Id,
     },
+    UploadAdded {
+        upload: Upload,
+        blob: Blob,
+        /// True when these bytes were not stored before.
+        new_blob: bool,
+    },
+    ThumbnailSaved,
+    UploadsCollected(Vec<Collected>),
 }
 
 pub(super) enum Job {
@@ -236,6 +280,9 @@ struct Tables<'t> {
     dms: Table<'t, (&'static str, &'static str), u64>,
     accounts: Table<'t, &'static str, &'static [u8]>,
     users: Table<'t, &'static str, &'static [u8]>,
+    uploads: Table<'t, u64, &'static [u8]>,
+    blobs: Table<'t, &'static str, &'static [u8]>,
+    shares: Table<'t, (u64, u64, u64), ()>,
 }
 
 fn apply_all(
@@ -253,6 +300,9 @@ fn apply_all(
         dms: txn.open_table(DMS)?,
         accounts: txn.open_table(ACCOUNTS)?,
         users: txn.open_table(USERS)?,
+        uploads: txn.open_table(UPLOADS)?,
+        blobs: txn.open_table(BLOBS)?,
+        shares: txn.open_table(SHARES)?,
     };
     let last_before = ids.last();
     let mut results = Vec::with_capacity(ops.len());
@@ -282,6 +332,25 @@ fn live_message(t: &Tables<'_>, room: Id, id: Id) -> Result<Message, StoreError>
     Ok(msg)
 }
 
+fn upload_and_blob(t: &Tables<'_>, id: Id) -> Result<(Upload, Blob), StoreError> {
+    let upload: Upload = match t.uploads.get(id.0)? {
+        Some(v) => decode("uploads", v.value())?,
+        None => return Err(StoreError::NotFound),
+    };
+    let blob: Blob = match t.blobs.get(upload.sha256.as_str())? {
+        Some(v) => decode("blobs", v.value())?,
+        None => return Err(StoreError::NotFound),
+    };
+    Ok((upload, blob))
+}
+
+fn has_shares(t: &Tables<'_>, file: u64) -> Result<bool, StoreError> {
+    Ok(t.shares
+        .range((file, 0, 0)..=(file, u64::MAX, u64::MAX))?
+        .next()
+        .is_some())
+}
+
 fn new_member(user: UserId, role: Role) -> Member {
     Member::new(user, role, now_ms())
 }
@@ -298,6 +367,7 @@ fn apply(
             client_msg_id,
             kind,
             content,
+            file,
         } => {
             if let Some(v) = t.dedup.get((&*sender, client_msg_id.as_str()))? {
                 let (r, id) = v.value();
@@ -310,8 +380,22 @@ fn apply(
                     duplicate: true,
                 });
             }
+            let file = match file {
+                Some(fid) => {
+                    let (upload, blob) = upload_and_blob(t, fid)?;
+                    // Someone else's upload is as unknown as a missing one.
+                    if upload.uploader_id != sender || upload.hidden_at.is_some() {
+                        return Err(StoreError::NotFound);
+                    }
+                    Some(FileRef::new(&upload, &blob))
+                }
+                None => None,
+            };
             let now = now_ms();
             let id = ids.next(now);
+            if let Some(f) = &file {
+                t.shares.insert((f.id.0, room.0, id.0), ())?;
+            }
             let message = Message {
                 id,
                 room_id: room,
@@ -323,6 +407,7 @@ fn apply(
                 created_at: id.timestamp_ms(),
                 edited_at: None,
                 deleted_at: None,
+                file,
             };
             t.messages
                 .insert((room.0, id.0), encode(&message).as_slice())?;
@@ -366,6 +451,17 @@ fn apply(
             }
             msg.content = String::new();
             msg.deleted_at = Some(now_ms());
+            if let Some(f) = msg.file.take() {
+                t.shares.remove((f.id.0, room.0, id.0))?;
+                // The last sharing message gone: the upload is hidden from everyone.
+                if !has_shares(t, f.id.0)?
+                    && let Ok((mut upload, _)) = upload_and_blob(t, f.id)
+                    && upload.hidden_at.is_none()
+                {
+                    upload.hidden_at = msg.deleted_at;
+                    t.uploads.insert(f.id.0, encode(&upload).as_slice())?;
+                }
+            }
             t.messages.insert((room.0, id.0), encode(&msg).as_slice())?;
             let seq = ids.next(now_ms());
             t.changes
@@ -493,6 +589,90 @@ fn apply(
         WriteOp::SaveUser(user) => {
             t.users.insert(&*user.id, encode(&user).as_slice())?;
             Ok(WriteOutput::UserSaved)
+        }
+        WriteOp::AddUpload {
+            sha256,
+            name,
+            uploader,
+            blob,
+        } => {
+            let known: Option<Blob> = match t.blobs.get(sha256.as_str())? {
+                Some(v) => Some(decode("blobs", v.value())?),
+                None => None,
+            };
+            let new_blob = known.is_none();
+            let mut blob = known.unwrap_or(Blob { refs: 0, ..*blob });
+            blob.refs += 1;
+            t.blobs.insert(sha256.as_str(), encode(&blob).as_slice())?;
+            let id = ids.next(now_ms());
+            let upload = Upload {
+                id,
+                sha256,
+                name,
+                uploader_id: uploader,
+                created_at: id.timestamp_ms(),
+                hidden_at: None,
+            };
+            t.uploads.insert(id.0, encode(&upload).as_slice())?;
+            Ok(WriteOutput::UploadAdded {
+                upload,
+                blob,
+                new_blob,
+            })
+        }
+        WriteOp::SetThumbnail {
+            sha256,
+            width,
+            height,
+            state,
+            thumb,
+            thumb_bytes,
+            thumb_mime,
+        } => {
+            let mut blob: Blob = match t.blobs.get(sha256.as_str())? {
+                Some(v) => decode("blobs", v.value())?,
+                None => return Err(StoreError::NotFound),
+            };
+            blob.width = width.or(blob.width);
+            blob.height = height.or(blob.height);
+            blob.thumb_state = state;
+            blob.thumb = thumb;
+            blob.thumb_bytes = thumb_bytes;
+            blob.thumb_mime = thumb_mime;
+            t.blobs.insert(sha256.as_str(), encode(&blob).as_slice())?;
+            Ok(WriteOutput::ThumbnailSaved)
+        }
+        WriteOp::CollectUploads {
+            ids: candidates,
+            created_before,
+        } => {
+            let mut out = Vec::new();
+            for fid in candidates {
+                let Ok((upload, mut blob)) = upload_and_blob(t, fid) else {
+                    continue;
+                };
+                let expired = upload.hidden_at.is_some() || upload.created_at < created_before;
+                if !expired || has_shares(t, fid.0)? {
+                    continue;
+                }
+                t.uploads.remove(fid.0)?;
+                blob.refs = blob.refs.saturating_sub(1);
+                let size = blob.size;
+                let blob_removed = if blob.refs == 0 {
+                    t.blobs.remove(upload.sha256.as_str())?;
+                    Some(blob)
+                } else {
+                    t.blobs
+                        .insert(upload.sha256.as_str(), encode(&blob).as_slice())?;
+                    None
+                };
+                out.push(Collected {
+                    upload,
+                    size,
+                    blob_removed,
+                });
+            }
+            Ok(WriteOutput::UploadsCollected(out))
         }
     }
 }
