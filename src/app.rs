@@ -18,8 +18,25 @@ pub enum StartError {
     Auth(#[from] crate::auth::AuthError),
     #[error("chat: {0}")]
     Chat(#[from] crate::chat::ChatError),
+    #[error("search: {0}")]
+    Search(#[from] crate::search::SearchError),
     #[error("files: {0}")]
     Files(#[from] crate::files::FileError),
+}
+
+/// Rebuilds the search index from storage. The server must be stopped: the database is
+/// opened exclusively.
+pub fn reindex(config: &Config) -> Result<u64, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::open(
+        &config.storage.data_dir,
+        config.node.id,
+        config.storage.max_batch,
+        metrics,
+    )?;
+    let n = crate::search::Search::rebuild(&config.storage.data_dir, &config.search, &store);
+    store.close();
+    Ok(n?)
 }
 
 /// The opened parts, ready to serve.
@@ -45,9 +62,11 @@ impl App {
         )?;
         let files =
             crate::files::Files::open(data, config.files.clone(), store.clone(), metrics.clone())?;
+        let search = crate::search::Search::open(data, &config.search, store.clone(), metrics.clone())?;
         let hub = Hub::new(
             store.clone(),
             files,
+            search,
             config.limits.clone(),
             config.rate_limits.clone(),
             config.presence.clone(),

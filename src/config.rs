@@ -256,6 +256,23 @@ impl Default for FilesConfig {
     }
 }
 
+/// The search index: how often it commits and how much it buffers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SearchConfig {
+    pub commit_interval_ms: u64,
+    pub writer_memory_bytes: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            commit_interval_ms: 500,
+            writer_memory_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NodeConfig {
@@ -298,6 +315,7 @@ pub struct RawConfig {
     pub rate_limits: RateLimits,
     pub presence: PresenceConfig,
     pub files: FilesConfig,
+    pub search: SearchConfig,
     pub node: NodeConfig,
     pub log: LogConfig,
 }
@@ -313,6 +331,7 @@ pub struct Config {
     pub rate_limits: RateLimits,
     pub presence: PresenceConfig,
     pub files: FilesConfig,
+    pub search: SearchConfig,
     pub node: NodeConfig,
     pub log: LogConfig,
 }
@@ -563,6 +582,15 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
             return Err(invalid(key, "must be at least 1"));
         }
     }
+    if raw.search.commit_interval_ms == 0 {
+        return Err(invalid("search.commit_interval_ms", "must be at least 1"));
+    }
+    if raw.search.writer_memory_bytes < 15_000_000 {
+        return Err(invalid(
+            "search.writer_memory_bytes",
+            "must be at least 15000000 (the index writer's minimum)",
+        ));
+    }
     if f.thumbnail_max_px > 4096 {
         return Err(invalid("files.thumbnail_max_px", "must be at most 4096"));
     }
@@ -575,6 +603,7 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         rate_limits: raw.rate_limits,
         presence: raw.presence,
         files: raw.files,
+        search: raw.search,
         node: raw.node,
         log: raw.log,
     })
@@ -629,6 +658,7 @@ mod tests {
             rate_limits: loaded.config.rate_limits,
             presence: loaded.config.presence,
             files: loaded.config.files,
+            search: loaded.config.search,
             node: loaded.config.node,
             log: loaded.config.log,
         })

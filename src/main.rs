@@ -47,6 +47,8 @@ enum Command {
     },
     /// Check the configuration, print every value and where it came from, and exit.
     CheckConfig,
+    /// Rebuild the search index from storage (stop the server first).
+    Reindex,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +77,22 @@ fn main() -> anyhow::Result<()> {
             )?;
             let token = auth.mint(&user, name.as_deref(), ttl.map(|d| d.as_secs().max(1)))?;
             println!("{token}");
+            Ok(())
+        }
+        Command::Reindex => {
+            init_logging(&loaded.config.log.level, loaded.config.log.format);
+            let started = std::time::Instant::now();
+            let n = match confab::app::reindex(&loaded.config) {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("error: could not rebuild the search index: {e}");
+                    std::process::exit(1);
+                }
+            };
+            println!(
+                "search index rebuilt: {n} messages in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         Command::CheckConfig => {

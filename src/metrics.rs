@@ -32,6 +32,9 @@ pub struct Metrics {
     pub files_uploaded: Counter,
     pub files_collected: Counter,
     pub thumbnails: Family<CodeLabels, Counter>,
+    pub search_index_bytes: Gauge<u64, AtomicU64>,
+    pub search_lag: Gauge<u64, AtomicU64>,
+    pub search_indexed: Counter,
 }
 
 impl Default for Metrics {
@@ -63,6 +66,9 @@ impl Metrics {
             files_uploaded: Counter::default(),
             files_collected: Counter::default(),
             thumbnails: Family::default(),
+            search_index_bytes: Gauge::default(),
+            search_lag: Gauge::default(),
+            search_indexed: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -160,6 +166,21 @@ impl Metrics {
             "confab_thumbnails",
             "Thumbnails attempted, by result",
             m.thumbnails.clone(),
+        );
+        r.register(
+            "confab_search_index_bytes",
+            "Size of the search index on disk",
+            m.search_index_bytes.clone(),
+        );
+        r.register(
+            "confab_search_lag",
+            "Message changes committed but not yet searchable",
+            m.search_lag.clone(),
+        );
+        r.register(
+            "confab_search_indexed",
+            "Message changes applied to the search index",
+            m.search_indexed.clone(),
         );
         Self { registry, ..m }
     }

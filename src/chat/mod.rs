@@ -19,6 +19,7 @@ pub use sync::SyncAnswer;
 
 use crate::config::{Limits, PresenceConfig, RateLimits};
 use crate::files::Files;
+use crate::search::Search;
 use crate::metrics::Metrics;
 use crate::model::{
     Blob, Id, Member, Message, MessageType, Role, Room, RoomKind, THUMBNAIL_TYPES, Upload, User,
@@ -62,6 +63,30 @@ pub struct MemberInfo {
 pub struct SendAck {
     pub message: Message,
     pub duplicate: bool,
+}
+
+/// One search result: the message as stored now, its room, and a snippet.
+#[derive(Debug, Serialize)]
+pub struct SearchHit {
+    pub message: Message,
+    pub room: SearchRoom,
+    pub snippet: String,
+    pub highlights: Vec<[usize; 2]>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SearchRoom {
+    pub id: Id,
+    pub name: String,
+    pub kind: RoomKind,
+}
+
+/// A page of search results.
+#[derive(Debug, Serialize)]
+pub struct SearchAnswer {
+    pub hits: Vec<SearchHit>,
+    pub next_cursor: Option<String>,
+    pub took_ms: u64,
 }
 
 /// A page of history, newest first.
@@ -204,6 +229,7 @@ impl Connection {
 pub struct Hub {
     store: Store,
     files: Files,
+    search: Search,
     user_uploads: limits::UserBuckets,
     metrics: Arc<Metrics>,
     limits: Limits,
@@ -235,6 +261,7 @@ impl Hub {
     pub fn new(
         store: Store,
         files: Files,
+        search: Search,
         limits: Limits,
         rate: RateLimits,
         presence_cfg: PresenceConfig,
@@ -257,6 +284,7 @@ impl Hub {
         Ok(Arc::new(Self {
             store,
             files,
+            search,
             user_uploads: limits::UserBuckets::new(rate.uploads_per_sec, rate.uploads_burst),
             metrics,
             user_messages: limits::UserBuckets::new(
@@ -641,6 +669,12 @@ impl Hub {
             )),
             _ => None,
         };
+        // Indexing is queued, never waited for.
+        if let Ok(a) = &ack
+            && !a.duplicate
+        {
+            self.search.note_message(a.message.id, &a.message);
+        }
         // The sender hears the ack before its own copy of the broadcast.
         match reply {
             Reply::Socket { outbox, reference } => {
@@ -723,6 +757,7 @@ impl Hub {
         let out = self
             .write_then(op, move |hub, out| {
                 if let WriteOutput::MessageChanged { message, seq } = out {
+                    hub.search.note_message(*seq, message);
                     #[derive(Serialize)]
                     struct Changed<'a> {
                         message: &'a Message,
@@ -1119,6 +1154,120 @@ impl Hub {
                 .ok_or(ChatError::NotFound("room")),
             _ => Err(ChatError::Unavailable("unexpected storage answer")),
         }
+    }
+
+    /// Searches the rooms `user` is a member of now (or one of them).
+    pub async fn search(
+        &self,
+        user: &UserId,
+        req: protocol::SearchRequest,
+    ) -> Result<SearchAnswer, ChatError> {
+        let started = std::time::Instant::now();
+        let text = req.q.trim_start();
+        if text.trim().is_empty() || text.chars().count() > 256 {
+            return Err(ChatError::Invalid(
+                "q must be 1-256 characters of search words".into(),
+            ));
+        }
+        let limit = match req.limit {
+            None => 20,
+            Some(l @ 1..=100) => l as usize,
+            Some(_) => return Err(ChatError::Invalid("limit must be 1-100".into())),
+        };
+        let sort = match req.sort.as_deref() {
+            None | Some("newest") => crate::search::Sort::Newest,
+            Some("relevance") => crate::search::Sort::Relevance,
+            Some(_) => {
+                return Err(ChatError::Invalid(
+                    "sort must be newest or relevance".into(),
+                ));
+            }
+        };
+        let cursor = match req.cursor.as_deref() {
+            None | Some("") => None,
+            Some(c) => Some(
+                crate::search::Cursor::parse(c)
+                    .filter(|c| {
+                        matches!(
+                            (c, sort),
+                            (crate::search::Cursor::Below(_), crate::search::Sort::Newest)
+                                | (
+                                    crate::search::Cursor::Offset(_),
+                                    crate::search::Sort::Relevance
+                                )
+                        )
+                    })
+                    .ok_or_else(|| ChatError::Invalid("bad cursor".into()))?,
+            ),
+        };
+        if let Some(s) = &req.sender_id {
+            validate::user_id(s)?;
+        }
+        let rooms: Vec<Id> = match req.room_id {
+            Some(r) => {
+                self.require_member(r, user)?;
+                vec![r]
+            }
+            None => self
+                .state
+                .read()
+                .user_rooms
+                .get(user)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default(),
+        };
+        let query = crate::search::SearchQuery {
+            text: text.to_owned(),
+            rooms,
+            sender: req.sender_id,
+            min_id: req.from.map(|ms| Id::first_at(ms).0),
+            max_id: req.to.map(|ms| Id::first_at(ms).0),
+            has_file: req.has_file,
+            sort,
+            limit,
+            cursor,
+        };
+        let search = self.search.clone();
+        let page = tokio::task::spawn_blocking(move || search.query(&query))
+            .await
+            .map_err(|_| ChatError::Unavailable("search failed"))?
+            .map_err(|e| match e {
+                crate::search::SearchError::BadQuery(m) => ChatError::Invalid(m),
+                other => {
+                    tracing::error!(error = %other, "search failed");
+                    ChatError::Unavailable("search is unavailable right now")
+                }
+            })?;
+        let mut messages = self.store.messages(page.hits.clone()).await?;
+        let mut hits = Vec::with_capacity(messages.len());
+        for m in messages.iter_mut().flatten() {
+            // The index may lag a delete, or the user may have left since the query ran.
+            if m.deleted_at.is_some() || self.is_member(m.room_id, user).is_none() {
+                continue;
+            }
+            self.apply_status(m.room_id, std::iter::once(&mut *m));
+            let (snippet, highlights) = self.search.snippet(&page.terms, m);
+            let room = {
+                let st = self.state.read();
+                st.rooms.get(&m.room_id).map(|r| SearchRoom {
+                    id: r.room.id,
+                    name: r.room.name.clone(),
+                    kind: r.room.kind,
+                })
+            };
+            let Some(room) = room else { continue };
+            hits.push(SearchHit {
+                message: m.clone(),
+                room,
+                snippet,
+                highlights,
+            });
+        }
+        Ok(SearchAnswer {
+            hits,
+            next_cursor: page.next.map(|c| c.encode()),
+            took_ms: started.elapsed().as_millis() as u64,
+        })
     }
 
     /// Turns an error into its wire form, counting it.

@@ -18,6 +18,11 @@ pub struct Id(pub u64);
 
 impl Id {
     /// Unix milliseconds at which the id was made.
+    /// The smallest id made at or after `ms` (milliseconds since the Unix epoch).
+    pub fn first_at(ms: u64) -> Id {
+        Id(ms.saturating_sub(ID_EPOCH_MS) << (NODE_BITS + SEQ_BITS))
+    }
+
     pub fn timestamp_ms(self) -> u64 {
         (self.0 >> (NODE_BITS + SEQ_BITS)) + ID_EPOCH_MS
     }

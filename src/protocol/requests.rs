@@ -4,7 +4,7 @@ use crate::model::{Id, Visibility};
 use serde::Deserialize;
 
 /// Every request event a client may send.
-pub const REQUEST_EVENTS: [&str; 19] = [
+pub const REQUEST_EVENTS: [&str; 20] = [
     "send_message",
     "edit_message",
     "delete_message",
@@ -24,6 +24,7 @@ pub const REQUEST_EVENTS: [&str; 19] = [
     "message_receipts",
     "typing",
     "set_settings",
+    "search",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +162,30 @@ pub struct Typing {
 pub struct Settings {
     #[serde(default)]
     pub private_receipts: Option<bool>,
+}
+
+/// A search: the WebSocket `search` data, and `GET /api/search` (whose query parameters
+/// `room` and `sender` fill `room_id` and `sender_id`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    pub q: String,
+    #[serde(default)]
+    pub room_id: Option<Id>,
+    #[serde(default)]
+    pub sender_id: Option<String>,
+    #[serde(default)]
+    pub from: Option<u64>,
+    #[serde(default)]
+    pub to: Option<u64>,
+    #[serde(default)]
+    pub has_file: Option<bool>,
+    #[serde(default)]
+    pub sort: Option<String>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+    #[serde(default)]
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

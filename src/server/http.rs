@@ -209,6 +209,11 @@ async fn api(st: &AppState, method: &Method, seg: &[&str], req: Request<Incoming
                 .map_err(|e| hub.wire_error(&e))?;
             ok(&serde_json::json!({ "message": m }))
         }
+        (&Method::GET, ["search"]) => {
+            let q = search_query(req.uri().query())?;
+            let answer = hub.search(user, q).await.map_err(|e| hub.wire_error(&e))?;
+            ok(&answer)
+        }
         (&Method::POST, ["dm"]) => {
             let b: protocol::UserRef = body(req).await?;
             let room = hub
@@ -417,6 +422,44 @@ impl Query {
         }
         Ok(out)
     }
+}
+
+/// `GET /api/search` parameters into the request the WebSocket `search` takes.
+fn search_query(q: Option<&str>) -> Result<protocol::SearchRequest, WireError> {
+    let bad = |k: &str| {
+        WireError::new(
+            ErrorCode::InvalidPayload,
+            format!("bad query parameter {k}"),
+        )
+    };
+    let mut out = protocol::SearchRequest::default();
+    let mut seen_q = false;
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
+            .decode_utf8()
+            .map_err(|_| bad(k))?
+            .into_owned();
+        match k {
+            "q" => {
+                out.q = v;
+                seen_q = true;
+            }
+            "room" => out.room_id = Some(v.parse().map_err(|_| bad(k))?),
+            "sender" => out.sender_id = Some(v),
+            "from" => out.from = Some(v.parse().map_err(|_| bad(k))?),
+            "to" => out.to = Some(v.parse().map_err(|_| bad(k))?),
+            "has_file" => out.has_file = Some(v.parse().map_err(|_| bad(k))?),
+            "sort" => out.sort = Some(v),
+            "limit" => out.limit = Some(v.parse().map_err(|_| bad(k))?),
+            "cursor" => out.cursor = Some(v),
+            _ => return Err(bad(k)),
+        }
+    }
+    if !seen_q {
+        return Err(bad("q (missing)"));
+    }
+    Ok(out)
 }
 
 fn room_id(s: &str) -> Result<Id, WireError> {

@@ -827,6 +827,11 @@ async fn dispatch(
                 .map_err(chat)?;
             ack(serde_json::json!({ "settings": settings }))
         }
+        "search" => {
+            let d: protocol::SearchRequest = protocol::parse_data(data)?;
+            let answer = hub.search(user, d).await.map_err(chat)?;
+            Ok(Some(protocol::ack(reference, &answer)))
+        }
         "ping" => {
             let _: protocol::Empty = protocol::parse_data(data)?;
             ack(serde_json::json!({ "server_time": now_ms() }))

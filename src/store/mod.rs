@@ -33,6 +33,8 @@ pub enum StoreError {
     Overloaded,
     #[error("storage is closed")]
     Closed,
+    #[error("{0} is in use by another Confab process (stop the server first)")]
+    InUse(PathBuf),
     #[error("database: {0}")]
     Db(#[from] redb::Error),
     #[error("corrupt record in {table}: {message}")]
@@ -104,7 +106,12 @@ impl Store {
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("confab.redb");
-        let db = Database::builder().create(&path)?;
+        let db = Database::builder()
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.clone()),
+                other => other.into(),
+            })?;
         let (node_id, last_id) = tables::init(&db, configured_node)?;
         let db = Arc::new(db);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -193,6 +200,71 @@ impl Store {
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+    }
+
+    /// Queues a write and waits for it from a plain thread (never the writer's own).
+    pub fn write_blocking(&self, op: WriteOp) -> Result<WriteOutput, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(
+            op,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )?;
+        rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// The last id issued by writes committed so far.
+    pub fn last_id_blocking(&self) -> Result<Id, StoreError> {
+        match self.write_blocking(WriteOp::Barrier)? {
+            WriteOutput::Barrier { last_id } => Ok(last_id),
+            _ => Err(StoreError::Closed),
+        }
+    }
+
+    /// Every room id.
+    pub fn room_ids_blocking(&self) -> Result<Vec<Id>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let t = txn.open_table(ROOMS)?;
+        t.iter()?
+            .map(|row| row.map(|(k, _)| Id(k.value())).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Up to `limit` messages of a room with ids above `after`, oldest first (deleted ones
+    /// included).
+    pub fn messages_after_blocking(
+        &self,
+        room: Id,
+        after: Id,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let t = txn.open_table(MESSAGES)?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for row in t.range((room.0, after.0.saturating_add(1))..=(room.0, u64::MAX))? {
+            let (_, v) = row?;
+            out.push(decode("messages", v.value())?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Messages by (room, id), in the order asked; `None` where there is none.
+    pub async fn messages(&self, keys: Vec<(Id, Id)>) -> Result<Vec<Option<Message>>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(MESSAGES)?;
+            keys.iter()
+                .map(|(room, id)| match t.get((room.0, id.0))? {
+                    Some(v) => Ok(Some(decode("messages", v.value())?)),
+                    None => Ok(None),
+                })
+                .collect()
+        })
+        .await
     }
 
     /// Loads what the chat hub keeps in memory: rooms, their members, and users.

@@ -1,0 +1,228 @@
+//! The indexer thread: applies noted changes to the index writer, commits at most every
+//! `search.commit_interval_ms` (recording the last change held), and replays from storage
+//! whatever the index missed: at start, and after the queue overflowed.
+
+use super::{Fields, IndexOp, Search, SearchError, body_of};
+use crate::model::{ChangeKind, Id, Message};
+use crate::store::Store;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+use tantivy::{IndexWriter, TantivyDocument, Term};
+
+type Writer = IndexWriter<TantivyDocument>;
+
+pub(super) fn run(
+    search: Search,
+    store: Store,
+    mut writer: Writer,
+    rx: Receiver<(u64, IndexOp)>,
+    mut watermark: u64,
+    interval: Duration,
+) {
+    let fields = search.inner.fields;
+    // Changes at or below `watermark` are in the index (or in a replay that covered them).
+    match catch_up(&search, &store, &mut writer, watermark) {
+        Ok(w) => watermark = w,
+        Err(e) => tracing::error!(error = %e, "search replay at start failed"),
+    }
+    let mut applied_seq = watermark;
+    let mut applied_note = 0u64;
+    let mut dirty = false;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let wait = deadline.map_or(Duration::from_secs(3600), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        match rx.recv_timeout(wait) {
+            Ok((note, op)) => {
+                applied_note = note;
+                if op.seq() > watermark {
+                    if let Err(e) = apply(&writer, fields, &op) {
+                        tracing::error!(error = %e, "could not index a change");
+                    }
+                    search.inner.metrics.search_indexed.inc();
+                    applied_seq = applied_seq.max(op.seq());
+                    dirty = true;
+                    deadline.get_or_insert_with(|| Instant::now() + interval);
+                } else {
+                    search
+                        .inner
+                        .searchable
+                        .fetch_max(note, Ordering::Relaxed);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if dirty {
+                    let _ = commit(&mut writer, applied_seq);
+                }
+                return;
+            }
+        }
+        if search.inner.lost.load(Ordering::Acquire) {
+            // Apply what was queued before the overflow, then replay the rest from storage.
+            while let Ok((note, op)) = rx.try_recv() {
+                if op.seq() > watermark {
+                    let _ = apply(&writer, fields, &op);
+                    applied_seq = applied_seq.max(op.seq());
+                }
+                applied_note = note;
+            }
+            search.inner.lost.store(false, Ordering::Release);
+            let noted = search.inner.noted.load(Ordering::Relaxed);
+            match catch_up(&search, &store, &mut writer, applied_seq) {
+                Ok(w) => {
+                    watermark = w;
+                    applied_seq = w;
+                    applied_note = applied_note.max(noted);
+                    search
+                        .inner
+                        .searchable
+                        .fetch_max(applied_note, Ordering::Relaxed);
+                    dirty = false;
+                    deadline = None;
+                }
+                Err(e) => tracing::error!(error = %e, "search replay after overflow failed"),
+            }
+            continue;
+        }
+        if dirty && deadline.is_some_and(|d| Instant::now() >= d) {
+            let started = Instant::now();
+            match commit(&mut writer, applied_seq) {
+                Ok(()) => {
+                    if let Err(e) = search.inner.reader.reload() {
+                        tracing::error!(error = %e, "search reader reload failed");
+                    }
+                    search
+                        .inner
+                        .searchable
+                        .fetch_max(applied_note, Ordering::Relaxed);
+                    search.inner.metrics.search_lag.set(search.lag());
+                    search.publish_size();
+                    tracing::debug!(ms = started.elapsed().as_millis() as u64, seq = applied_seq, "search index committed");
+                }
+                Err(e) => tracing::error!(error = %e, "search index commit failed"),
+            }
+            dirty = false;
+            deadline = None;
+        }
+    }
+}
+
+/// Indexes every change in storage after `since` up to the last id issued now, commits, and
+/// returns that id (the new watermark).
+fn catch_up(
+    search: &Search,
+    store: &Store,
+    writer: &mut Writer,
+    since: u64,
+) -> Result<u64, SearchError> {
+    let upto = store.last_id_blocking()?;
+    if upto.0 <= since {
+        return Ok(since);
+    }
+    let started = Instant::now();
+    let mut n = 0u64;
+    for room in store.room_ids_blocking()? {
+        let mut cursor = Id(since);
+        loop {
+            let mut budget = usize::MAX;
+            let (changes, more) =
+                store.changes_since_blocking(room, cursor, upto, 4096, &mut budget)?;
+            for c in &changes {
+                let op = match c.kind {
+                    ChangeKind::Deleted => IndexOp::Delete {
+                        seq: c.seq.0,
+                        id: c.message.id,
+                    },
+                    _ if c.message.deleted_at.is_some() => IndexOp::Delete {
+                        seq: c.seq.0,
+                        id: c.message.id,
+                    },
+                    _ => IndexOp::Upsert {
+                        seq: c.seq.0,
+                        message: Box::new(c.message.clone()),
+                    },
+                };
+                apply(writer, search.inner.fields, &op)?;
+                search.inner.metrics.search_indexed.inc();
+                n += 1;
+            }
+            match changes.last() {
+                Some(last) if more => cursor = last.seq,
+                _ => break,
+            }
+        }
+    }
+    commit(writer, upto.0)?;
+    search.inner.reader.reload()?;
+    search.publish_size();
+    if n > 0 {
+        tracing::info!(changes = n, ms = started.elapsed().as_millis() as u64, "search index caught up from storage");
+    }
+    Ok(upto.0)
+}
+
+/// Indexes every live message in storage (for a rebuild into an empty index).
+pub(super) fn index_all(
+    writer: &mut Writer,
+    fields: Fields,
+    store: &Store,
+    upto: Id,
+) -> Result<u64, SearchError> {
+    let mut n = 0u64;
+    for room in store.room_ids_blocking()? {
+        let mut after = Id(0);
+        loop {
+            let page = store.messages_after_blocking(room, after, 4096)?;
+            for m in &page {
+                if m.id > upto {
+                    break;
+                }
+                if m.deleted_at.is_none() {
+                    writer.add_document(document(fields, m))?;
+                    n += 1;
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == 4096 && last.id <= upto => after = last.id,
+                _ => break,
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn document(f: Fields, m: &Message) -> TantivyDocument {
+    let mut d = TantivyDocument::default();
+    d.add_u64(f.id, m.id.0);
+    d.add_u64(f.room, m.room_id.0);
+    d.add_text(f.sender, &m.sender_id);
+    d.add_u64(f.has_file, u64::from(m.file.is_some()));
+    d.add_text(f.body, body_of(m));
+    d
+}
+
+fn apply(writer: &Writer, f: Fields, op: &IndexOp) -> Result<(), SearchError> {
+    match op {
+        IndexOp::Upsert { message, .. } => {
+            writer.delete_term(Term::from_field_u64(f.id, message.id.0));
+            writer.add_document(document(f, message))?;
+        }
+        IndexOp::Delete { id, .. } => {
+            writer.delete_term(Term::from_field_u64(f.id, id.0));
+        }
+    }
+    Ok(())
+}
+
+/// Commits with the last change held recorded in the commit's payload.
+pub(super) fn commit(writer: &mut Writer, last_seq: u64) -> Result<(), SearchError> {
+    let mut prepared = writer.prepare_commit()?;
+    prepared.set_payload(
+        &serde_json::json!({ "version": super::INDEX_VERSION, "last_seq": last_seq }).to_string(),
+    );
+    prepared.commit()?;
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! Query text → tantivy query (words, phrases, a prefix for the last word, filters, the room
+//! scope), execution with cursor paging, and snippets with UTF-16 highlight ranges.
+
+use super::{Fields, SearchError, analyzer};
+use crate::model::Id;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use tantivy::collector::TopDocs;
+use tantivy::query::{
+    BooleanQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, RangeQuery,
+    TermQuery, TermSetQuery,
+};
+use tantivy::schema::IndexRecordOption;
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{DocAddress, Order, Searcher, Term};
+
+/// Most words (and phrases) in one query.
+pub const MAX_WORDS: usize = 16;
+/// How many terms a prefix may expand to.
+const PREFIX_EXPANSIONS: u32 = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    Newest,
+    Relevance,
+}
+
+/// Where the next page starts: below an id (newest first) or at an offset (relevance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    Below(u64),
+    Offset(usize),
+}
+
+impl Cursor {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (kind, v) = s.split_once(':')?;
+        match kind {
+            "n" => v.parse().ok().map(Cursor::Below),
+            "r" => v.parse().ok().map(Cursor::Offset),
+            _ => None,
+        }
+    }
+
+    pub fn encode(self) -> String {
+        match self {
+            Cursor::Below(id) => format!("n:{id}"),
+            Cursor::Offset(o) => format!("r:{o}"),
+        }
+    }
+}
+
+/// A checked search request, already scoped to the rooms the caller may read.
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    pub text: String,
+    pub rooms: Vec<Id>,
+    pub sender: Option<String>,
+    /// Message ids at or above this (from a time).
+    pub min_id: Option<u64>,
+    /// Message ids below this (to a time).
+    pub max_id: Option<u64>,
+    pub has_file: Option<bool>,
+    pub sort: Sort,
+    pub limit: usize,
+    pub cursor: Option<Cursor>,
+}
+
+/// The words of a query, for snippets: exact terms and the prefix of the last word.
+#[derive(Debug, Clone, Default)]
+pub struct Terms {
+    exact: Vec<String>,
+    prefix: Option<String>,
+}
+
+/// One page of hits: (room, message id), best first.
+pub struct Page {
+    pub hits: Vec<(Id, Id)>,
+    pub next: Option<Cursor>,
+    pub terms: Terms,
+}
+
+/// A query's pieces: each is a phrase of analysed tokens; the last may end with a prefix.
+struct Parsed {
+    phrases: Vec<Vec<String>>,
+    /// The last phrase's last token is a prefix.
+    last_is_prefix: bool,
+}
+
+fn tokens(text: &str) -> Vec<String> {
+    let mut a = analyzer();
+    let mut stream = a.token_stream(text);
+    let mut out = Vec::new();
+    while let Some(t) = stream.next() {
+        out.push(t.text.clone());
+    }
+    out
+}
+
+/// Splits on quotes and spaces: `"a b" c d` → phrase [a b], words c, d. An unclosed quote runs
+/// to the end. The last bare word is a prefix unless the text ends with a space.
+fn parse(text: &str) -> Result<Parsed, SearchError> {
+    let mut phrases = Vec::new();
+    let mut last_bare = false;
+    for (i, part) in text.split('"').enumerate() {
+        if i % 2 == 1 {
+            let t = tokens(part);
+            if !t.is_empty() {
+                phrases.push(t);
+                last_bare = false;
+            }
+        } else {
+            for word in part.split_whitespace() {
+                let t = tokens(word);
+                if !t.is_empty() {
+                    phrases.push(t);
+                    last_bare = true;
+                }
+            }
+        }
+    }
+    if phrases.len() > MAX_WORDS {
+        return Err(SearchError::BadQuery(format!(
+            "at most {MAX_WORDS} words or phrases"
+        )));
+    }
+    let ends_open = !text.ends_with(char::is_whitespace) && !text.ends_with('"');
+    Ok(Parsed {
+        phrases,
+        last_is_prefix: last_bare && ends_open,
+    })
+}
+
+fn u64_range(field: tantivy::schema::Field, lo: Option<u64>, hi: Option<u64>) -> RangeQuery {
+    let lo = lo.map_or(Bound::Unbounded, |v| {
+        Bound::Included(Term::from_field_u64(field, v))
+    });
+    let hi = hi.map_or(Bound::Unbounded, |v| {
+        Bound::Excluded(Term::from_field_u64(field, v))
+    });
+    RangeQuery::new(lo, hi)
+}
+
+fn build(f: Fields, q: &SearchQuery, parsed: &Parsed) -> Box<dyn Query> {
+    let mut must: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    let n = parsed.phrases.len();
+    for (i, phrase) in parsed.phrases.iter().enumerate() {
+        let terms: Vec<Term> = phrase
+            .iter()
+            .map(|t| Term::from_field_text(f.body, t))
+            .collect();
+        let prefix = parsed.last_is_prefix && i + 1 == n;
+        let query: Box<dyn Query> = if prefix {
+            let mut p = PhrasePrefixQuery::new(terms);
+            p.set_max_expansions(PREFIX_EXPANSIONS);
+            Box::new(p)
+        } else if terms.len() == 1 {
+            let Some(t) = terms.into_iter().next() else {
+                continue;
+            };
+            Box::new(TermQuery::new(t, IndexRecordOption::WithFreqs))
+        } else {
+            Box::new(PhraseQuery::new(terms))
+        };
+        must.push((Occur::Must, query));
+    }
+    must.push((
+        Occur::Must,
+        Box::new(TermSetQuery::new(
+            q.rooms.iter().map(|r| Term::from_field_u64(f.room, r.0)),
+        )),
+    ));
+    if let Some(s) = &q.sender {
+        must.push((
+            Occur::Must,
+            Box::new(TermQuery::new(
+                Term::from_field_text(f.sender, s),
+                IndexRecordOption::Basic,
+            )),
+        ));
+    }
+    if let Some(h) = q.has_file {
+        must.push((
+            Occur::Must,
+            Box::new(TermQuery::new(
+                Term::from_field_u64(f.has_file, u64::from(h)),
+                IndexRecordOption::Basic,
+            )),
+        ));
+    }
+    let below = match q.cursor {
+        Some(Cursor::Below(id)) => Some(q.max_id.map_or(id, |m| m.min(id))),
+        _ => q.max_id,
+    };
+    if q.min_id.is_some() || below.is_some() {
+        must.push((Occur::Must, Box::new(u64_range(f.id, q.min_id, below))));
+    }
+    Box::new(BooleanQuery::new(must))
+}
+
+/// Runs a query against one searcher.
+pub fn run(searcher: &Searcher, f: Fields, q: &SearchQuery) -> Result<Page, SearchError> {
+    let parsed = parse(&q.text)?;
+    let terms = Terms {
+        exact: parsed
+            .phrases
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                let cut = parsed.last_is_prefix && i + 1 == parsed.phrases.len();
+                let keep = if cut { p.len() - 1 } else { p.len() };
+                p[..keep].to_vec()
+            })
+            .collect(),
+        prefix: parsed
+            .last_is_prefix
+            .then(|| parsed.phrases.last().and_then(|p| p.last().cloned()))
+            .flatten(),
+    };
+    if parsed.phrases.is_empty() || q.rooms.is_empty() {
+        return Ok(Page {
+            hits: Vec::new(),
+            next: None,
+            terms,
+        });
+    }
+    let query = build(f, q, &parsed);
+    let want = q.limit + 1;
+    let addrs: Vec<(Option<u64>, DocAddress)> = match q.sort {
+        Sort::Newest => searcher.search(
+            &query,
+            &TopDocs::with_limit(want).order_by_fast_field::<u64>("id", Order::Desc),
+        )?,
+        Sort::Relevance => {
+            let offset = match q.cursor {
+                Some(Cursor::Offset(o)) => o,
+                _ => 0,
+            };
+            let scored = searcher.search(
+                &query,
+                &TopDocs::with_limit(want)
+                    .and_offset(offset)
+                    .order_by_score(),
+            )?;
+            scored.into_iter().map(|(_, a)| (None, a)).collect()
+        }
+    };
+    let more = addrs.len() > q.limit;
+    let mut hits = Vec::with_capacity(q.limit);
+    for (id, addr) in addrs.into_iter().take(q.limit) {
+        let seg = searcher.segment_reader(addr.segment_ord);
+        let ff = seg.fast_fields();
+        let id = match id {
+            Some(id) => id,
+            None => ff.u64("id")?.first(addr.doc_id).unwrap_or(0),
+        };
+        let room = ff.u64("room")?.first(addr.doc_id).unwrap_or(0);
+        hits.push((Id(room), Id(id)));
+    }
+    let next = more
+        .then(|| match q.sort {
+            Sort::Newest => hits.last().map(|(_, id)| Cursor::Below(id.0)),
+            Sort::Relevance => {
+                let offset = match q.cursor {
+                    Some(Cursor::Offset(o)) => o,
+                    _ => 0,
+                };
+                Some(Cursor::Offset(offset + q.limit))
+            }
+        })
+        .flatten();
+    Ok(Page { hits, next, terms })
+}
+
+/// A snippet of `text` around the query's words, with the highlighted ranges converted from
+/// byte offsets to UTF-16 code units.
+pub fn snippet(
+    terms: &Terms,
+    field: tantivy::schema::Field,
+    text: &str,
+) -> (String, Vec<[usize; 2]>) {
+    let mut wanted: BTreeMap<String, f32> = terms.exact.iter().map(|t| (t.clone(), 1.0)).collect();
+    if let Some(p) = &terms.prefix {
+        for t in tokens(text) {
+            if t.starts_with(p.as_str()) {
+                wanted.insert(t, 1.0);
+            }
+        }
+    }
+    let generator = SnippetGenerator::new(wanted, analyzer(), field, 150);
+    let s = generator.snippet(text);
+    let fragment = s.fragment();
+    if fragment.is_empty() {
+        let head: String = text.chars().take(150).collect();
+        return (head, Vec::new());
+    }
+    let ranges = s
+        .highlighted()
+        .iter()
+        .map(|r| [utf16_len(&fragment[..r.start]), utf16_len(&fragment[..r.end])])
+        .collect();
+    (fragment.to_owned(), ranges)
+}
+
+fn utf16_len(s: &str) -> usize {
+    s.chars().map(char::len_utf16).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_words_phrases_and_prefix() {
+        let p = parse("deploy \"Red  Apple\" fri").expect("parse");
+        assert_eq!(p.phrases, vec![vec!["deploy"], vec!["red", "apple"], vec!["fri"]]);
+        assert!(p.last_is_prefix);
+        assert!(!parse("fri ").expect("parse").last_is_prefix);
+        assert!(!parse("\"red apple\"").expect("parse").last_is_prefix);
+        assert_eq!(parse("Café").expect("parse").phrases, vec![vec!["cafe"]]);
+        assert!(parse(&"w ".repeat(17)).is_err());
+        assert!(parse("!!!").expect("parse").phrases.is_empty());
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        for c in [Cursor::Below(42), Cursor::Offset(7)] {
+            assert_eq!(Cursor::parse(&c.encode()), Some(c));
+        }
+        assert_eq!(Cursor::parse("x:1"), None);
+        assert_eq!(Cursor::parse("n:abc"), None);
+    }
+
+    #[test]
+    fn highlights_are_utf16_ranges() {
+        let (schema, f) = super::super::schema();
+        let _ = schema;
+        let terms = Terms {
+            exact: vec!["deploy".into()],
+            prefix: Some("fri".into()),
+        };
+        let (text, ranges) = snippet(&terms, f.body, "café ☕ deploy on Friday");
+        let utf16: Vec<u16> = text.encode_utf16().collect();
+        let picked: Vec<String> = ranges
+            .iter()
+            .map(|[a, b]| String::from_utf16_lossy(&utf16[*a..*b]))
+            .collect();
+        assert_eq!(picked, vec!["deploy", "Friday"]);
+    }
+}
