@@ -62,7 +62,8 @@ impl App {
         )?;
         let files =
             crate::files::Files::open(data, config.files.clone(), store.clone(), metrics.clone())?;
-        let search = crate::search::Search::open(data, &config.search, store.clone(), metrics.clone())?;
+        let search =
+            crate::search::Search::open(data, &config.search, store.clone(), metrics.clone())?;
         let hub = Hub::new(
             store.clone(),
             files,

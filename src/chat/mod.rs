@@ -19,13 +19,13 @@ pub use sync::SyncAnswer;
 
 use crate::config::{Limits, PresenceConfig, RateLimits};
 use crate::files::Files;
-use crate::search::Search;
 use crate::metrics::Metrics;
 use crate::model::{
     Blob, Id, Member, Message, MessageType, Role, Room, RoomKind, THUMBNAIL_TYPES, Upload, User,
     UserId, Visibility,
 };
 use crate::protocol::{self, WireError};
+use crate::search::Search;
 use crate::store::{Store, WriteOp, WriteOutput};
 use bytes::Bytes;
 use parking_lot::RwLock;

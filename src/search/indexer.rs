@@ -46,10 +46,7 @@ pub(super) fn run(
                     dirty = true;
                     deadline.get_or_insert_with(|| Instant::now() + interval);
                 } else {
-                    search
-                        .inner
-                        .searchable
-                        .fetch_max(note, Ordering::Relaxed);
+                    search.inner.searchable.fetch_max(note, Ordering::Relaxed);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -100,7 +97,11 @@ pub(super) fn run(
                         .fetch_max(applied_note, Ordering::Relaxed);
                     search.inner.metrics.search_lag.set(search.lag());
                     search.publish_size();
-                    tracing::debug!(ms = started.elapsed().as_millis() as u64, seq = applied_seq, "search index committed");
+                    tracing::debug!(
+                        ms = started.elapsed().as_millis() as u64,
+                        seq = applied_seq,
+                        "search index committed"
+                    );
                 }
                 Err(e) => tracing::error!(error = %e, "search index commit failed"),
             }
@@ -159,7 +160,11 @@ fn catch_up(
     search.inner.reader.reload()?;
     search.publish_size();
     if n > 0 {
-        tracing::info!(changes = n, ms = started.elapsed().as_millis() as u64, "search index caught up from storage");
+        tracing::info!(
+            changes = n,
+            ms = started.elapsed().as_millis() as u64,
+            "search index caught up from storage"
+        );
     }
     Ok(upto.0)
 }

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use tantivy::collector::TopDocs;
 use tantivy::query::{
-    BooleanQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, RangeQuery,
-    TermQuery, TermSetQuery,
+    BooleanQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery,
 };
 use tantivy::schema::IndexRecordOption;
 use tantivy::snippet::SnippetGenerator;
@@ -297,7 +296,12 @@ pub fn snippet(
     let ranges = s
         .highlighted()
         .iter()
-        .map(|r| [utf16_len(&fragment[..r.start]), utf16_len(&fragment[..r.end])])
+        .map(|r| {
+            [
+                utf16_len(&fragment[..r.start]),
+                utf16_len(&fragment[..r.end]),
+            ]
+        })
         .collect();
     (fragment.to_owned(), ranges)
 }
@@ -313,7 +317,10 @@ mod tests {
     #[test]
     fn parses_words_phrases_and_prefix() {
         let p = parse("deploy \"Red  Apple\" fri").expect("parse");
-        assert_eq!(p.phrases, vec![vec!["deploy"], vec!["red", "apple"], vec!["fri"]]);
+        assert_eq!(
+            p.phrases,
+            vec![vec!["deploy"], vec!["red", "apple"], vec!["fri"]]
+        );
         assert!(p.last_is_prefix);
         assert!(!parse("fri ").expect("parse").last_is_prefix);
         assert!(!parse("\"red apple\"").expect("parse").last_is_prefix);

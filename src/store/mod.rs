@@ -106,12 +106,10 @@ impl Store {
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("confab.redb");
-        let db = Database::builder()
-            .create(&path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.clone()),
-                other => other.into(),
-            })?;
+        let db = Database::builder().create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.clone()),
+            other => other.into(),
+        })?;
         let (node_id, last_id) = tables::init(&db, configured_node)?;
         let db = Arc::new(db);
         let (tx, rx) = std::sync::mpsc::channel();
