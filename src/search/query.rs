@@ -15,6 +15,8 @@ use tantivy::{DocAddress, Order, Searcher, Term};
 
 /// Most words (and phrases) in one query.
 pub const MAX_WORDS: usize = 16;
+/// Relevance paging stops after this many hits (newest-first paging has no limit).
+const MAX_RELEVANCE_DEPTH: usize = 1000;
 /// How many terms a prefix may expand to.
 const PREFIX_EXPANSIONS: u32 = 200;
 
@@ -24,11 +26,13 @@ pub enum Sort {
     Relevance,
 }
 
-/// Where the next page starts: below an id (newest first) or at an offset (relevance).
+/// Where the next page starts: below an id (newest first), or at an offset among messages
+/// older than a bound fixed by the first page (relevance), so new messages arriving between
+/// pages do not shift them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cursor {
     Below(u64),
-    Offset(usize),
+    Offset(usize, u64),
 }
 
 impl Cursor {
@@ -36,7 +40,10 @@ impl Cursor {
         let (kind, v) = s.split_once(':')?;
         match kind {
             "n" => v.parse().ok().map(Cursor::Below),
-            "r" => v.parse().ok().map(Cursor::Offset),
+            "r" => {
+                let (offset, bound) = v.split_once(':')?;
+                Some(Cursor::Offset(offset.parse().ok()?, bound.parse().ok()?))
+            }
             _ => None,
         }
     }
@@ -44,7 +51,7 @@ impl Cursor {
     pub fn encode(self) -> String {
         match self {
             Cursor::Below(id) => format!("n:{id}"),
-            Cursor::Offset(o) => format!("r:{o}"),
+            Cursor::Offset(o, bound) => format!("r:{o}:{bound}"),
         }
     }
 }
@@ -187,9 +194,13 @@ fn build(f: Fields, q: &SearchQuery, parsed: &Parsed) -> Box<dyn Query> {
             )),
         ));
     }
-    let below = match q.cursor {
-        Some(Cursor::Below(id)) => Some(q.max_id.map_or(id, |m| m.min(id))),
-        _ => q.max_id,
+    let cut = match q.cursor {
+        Some(Cursor::Below(id) | Cursor::Offset(_, id)) => Some(id),
+        None => None,
+    };
+    let below = match (q.max_id, cut) {
+        (Some(m), Some(c)) => Some(m.min(c)),
+        (a, b) => a.or(b),
     };
     if q.min_id.is_some() || below.is_some() {
         must.push((Occur::Must, Box::new(u64_range(f.id, q.min_id, below))));
@@ -199,6 +210,17 @@ fn build(f: Fields, q: &SearchQuery, parsed: &Parsed) -> Box<dyn Query> {
 
 /// Runs a query against one searcher.
 pub fn run(searcher: &Searcher, f: Fields, q: &SearchQuery) -> Result<Page, SearchError> {
+    let mut q = q.clone();
+    if q.sort == Sort::Relevance && q.cursor.is_none() {
+        // The first relevance page fixes the bound its later pages keep.
+        q.cursor = Some(Cursor::Offset(0, relevance_bound(searcher)?));
+    }
+    let q = &q;
+    if let Some(Cursor::Offset(o, _)) = q.cursor
+        && o > MAX_RELEVANCE_DEPTH
+    {
+        return Err(SearchError::BadQuery("bad cursor".into()));
+    }
     let parsed = parse(&q.text)?;
     let terms = Terms {
         exact: parsed
@@ -232,16 +254,27 @@ pub fn run(searcher: &Searcher, f: Fields, q: &SearchQuery) -> Result<Page, Sear
         )?,
         Sort::Relevance => {
             let offset = match q.cursor {
-                Some(Cursor::Offset(o)) => o,
+                Some(Cursor::Offset(o, _)) => o,
                 _ => 0,
             };
-            let scored = searcher.search(
-                &query,
-                &TopDocs::with_limit(want)
-                    .and_offset(offset)
-                    .order_by_score(),
-            )?;
-            scored.into_iter().map(|(_, a)| (None, a)).collect()
+            // Equal scores are ordered newest first, so pages and rebuilt indexes agree. The
+            // top `offset + want` are taken and sliced here: a total order makes every page a
+            // slice of the same ranking.
+            let by_score_then_id =
+                TopDocs::with_limit(offset + want).tweak_score(|seg: &tantivy::SegmentReader| {
+                    let ids = seg.fast_fields().u64("id").ok();
+                    move |doc: tantivy::DocId, score: tantivy::Score| {
+                        let id = ids.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
+                        (score, id)
+                    }
+                });
+            let mut scored = searcher.search(&query, &by_score_then_id)?;
+            scored.sort_by(|(a, _), (b, _)| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
+            scored
+                .into_iter()
+                .skip(offset)
+                .map(|((_, id), a)| (Some(id), a))
+                .collect()
         }
     };
     let more = addrs.len() > q.limit;
@@ -260,15 +293,26 @@ pub fn run(searcher: &Searcher, f: Fields, q: &SearchQuery) -> Result<Page, Sear
         .then(|| match q.sort {
             Sort::Newest => hits.last().map(|(_, id)| Cursor::Below(id.0)),
             Sort::Relevance => {
-                let offset = match q.cursor {
-                    Some(Cursor::Offset(o)) => o,
-                    _ => 0,
+                let (offset, bound) = match q.cursor {
+                    Some(Cursor::Offset(o, b)) => (o, b),
+                    _ => (0, u64::MAX),
                 };
-                Some(Cursor::Offset(offset + q.limit))
+                (offset + q.limit < MAX_RELEVANCE_DEPTH)
+                    .then_some(Cursor::Offset(offset + q.limit, bound))
             }
         })
         .flatten();
     Ok(Page { hits, next, terms })
+}
+
+/// Above every id this searcher holds: the first relevance page's bound, so later pages rank
+/// exactly what the first one could see.
+fn relevance_bound(searcher: &Searcher) -> Result<u64, SearchError> {
+    let mut max = 0;
+    for seg in searcher.segment_readers() {
+        max = max.max(seg.fast_fields().u64("id")?.max_value());
+    }
+    Ok(max.saturating_add(1))
 }
 
 /// A snippet of `text` around the query's words, with the highlighted ranges converted from
@@ -331,7 +375,7 @@ mod tests {
 
     #[test]
     fn cursors_round_trip() {
-        for c in [Cursor::Below(42), Cursor::Offset(7)] {
+        for c in [Cursor::Below(42), Cursor::Offset(7, 99)] {
             assert_eq!(Cursor::parse(&c.encode()), Some(c));
         }
         assert_eq!(Cursor::parse("x:1"), None);

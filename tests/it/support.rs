@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +17,7 @@ use hyper::Method;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -80,6 +81,8 @@ pub const RELAXED_LIMITS: &[(&str, &str)] = &[
     ("CONFAB_RATE_LIMITS__JOINS_BURST", "100000"),
     ("CONFAB_RATE_LIMITS__CONNECTS_PER_SEC_PER_IP", "100000"),
     ("CONFAB_RATE_LIMITS__CONNECTS_BURST_PER_IP", "100000"),
+    ("CONFAB_RATE_LIMITS__UPLOADS_PER_SEC", "100000"),
+    ("CONFAB_RATE_LIMITS__UPLOADS_BURST", "100000"),
     ("CONFAB_RATE_LIMITS__ABUSE_STRIKES", "100000"),
     ("CONFAB_LIMITS__MAX_CONNECTIONS_PER_USER", "100000"),
     ("CONFAB_LIMITS__MAX_ROOMS_PER_USER", "100000"),
@@ -1250,5 +1253,477 @@ fn run_bounded(mut cmd: Command) -> Output {
                 cmd.get_args().collect::<Vec<_>>()
             );
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP: byte bodies in, headers and exact body bytes out (uploads and downloads)
+// ---------------------------------------------------------------------------------------------
+
+/// An HTTP answer with every header and the exact body bytes.
+#[derive(Debug, Clone)]
+pub struct RawReply {
+    pub status: u16,
+    /// Header names lowercased, in arrival order; values decoded lossily from their bytes.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The body as JSON, if it parsed (Null otherwise).
+    pub json: Value,
+}
+
+impl RawReply {
+    fn new(status: u16, headers: Vec<(String, String)>, body: Vec<u8>) -> RawReply {
+        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        RawReply {
+            status,
+            headers,
+            body,
+            json,
+        }
+    }
+
+    /// The first value of a header (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a header (name case-insensitive).
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The body as text (lossy), for failure messages.
+    pub fn text(&self) -> String {
+        let shown = &self.body[..self.body.len().min(2000)];
+        String::from_utf8_lossy(shown).to_string()
+    }
+
+    /// The `error.code` of a REST error body.
+    pub fn error_code(&self) -> &str {
+        self.json["error"]["code"]
+            .as_str()
+            .unwrap_or("<no error.code>")
+    }
+
+    /// Asserts an error answer with this status and code.
+    pub fn assert_error(&self, status: u16, code: &str, what: &str) {
+        assert_eq!(
+            (self.status, self.error_code()),
+            (status, code),
+            "{what}: expected {status} {code}, got {} {}",
+            self.status,
+            self.text()
+        );
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (for query values).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Server {
+    /// One HTTP/1.1 request with a byte body (Content-Length set when not empty) and exactly
+    /// the given headers (no Authorization unless passed); the whole answer, headers and bytes.
+    pub async fn request_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> RawReply {
+        let client: HttpClient<_, Full<Bytes>> =
+            HttpClient::builder(TokioExecutor::new()).build_http();
+        let mut req = hyper::Request::builder()
+            .method(method.clone())
+            .uri(format!("http://127.0.0.1:{}{path}", self.port));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .expect("build HTTP request");
+        let resp = tokio::time::timeout(TIMEOUT, client.request(req))
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: no answer within {TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let bytes = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: body not complete within {TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("{method} {path}: reading body: {e}"))
+            .to_bytes();
+        RawReply::new(status, headers, bytes.to_vec())
+    }
+
+    /// `POST /api/files[?name=..]` with the raw bytes as the body and a Content-Length
+    /// (Content-Type application/octet-stream unless `extra` sets one). Goes over a raw socket
+    /// that reads the answer while the body is still being written, so an early refusal
+    /// followed by a close is seen as the refusal; panics if no complete answer comes.
+    pub async fn upload_raw(
+        &self,
+        token: Option<&str>,
+        name: Option<&str>,
+        extra: &[(&str, &str)],
+        bytes: &[u8],
+    ) -> RawReply {
+        let path = match name {
+            Some(n) => format!("/api/files?name={}", percent_encode(n)),
+            None => "/api/files".to_string(),
+        };
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a.as_str()));
+        }
+        if !extra
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            headers.push(("Content-Type", "application/octet-stream"));
+        }
+        headers.extend_from_slice(extra);
+        let len = bytes.len();
+        let chunks: Vec<Bytes> = bytes.chunks(65536).map(Bytes::copy_from_slice).collect();
+        let (reply, _) = self
+            .send_streaming("POST", &path, &headers, chunks.into_iter(), Some(len))
+            .await;
+        reply.unwrap_or_else(|e| panic!("POST {path} ({len} bytes): {e}"))
+    }
+
+    /// Uploads `bytes` as `token`'s user; the answer, whatever it is.
+    pub async fn upload(&self, token: &str, name: &str, bytes: &[u8]) -> RawReply {
+        self.upload_raw(Some(token), Some(name), &[], bytes).await
+    }
+
+    /// Uploads and panics unless the answer is `201 {"file": Upload}`; returns the Upload.
+    pub async fn upload_ok(&self, token: &str, name: &str, bytes: &[u8]) -> Value {
+        let r = self.upload(token, name, bytes).await;
+        assert_eq!(
+            r.status,
+            201,
+            "upload of {name:?} ({} bytes): {}",
+            bytes.len(),
+            r.text()
+        );
+        assert!(r.json["file"].is_object(), "upload answer: {}", r.text());
+        r.json["file"].clone()
+    }
+
+    /// GET (or HEAD) a path with an optional Bearer token and extra headers.
+    pub async fn fetch(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> RawReply {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        headers.extend_from_slice(extra);
+        self.request_bytes(method, path, &headers, Vec::new()).await
+    }
+
+    /// GET a path with an optional Bearer token.
+    pub async fn download(&self, path: &str, token: Option<&str>) -> RawReply {
+        self.fetch(Method::GET, path, token, &[]).await
+    }
+
+    /// The sum of every sample of the Prometheus metric `name` (exact name, any labels) at
+    /// `/metrics`; panics if there is none.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let r = self.get("/metrics", None).await;
+        assert_eq!(r.status, 200, "GET /metrics: {}", r.text);
+        let mut found = false;
+        let mut sum = 0.0;
+        for line in r.text.lines().filter(|l| !l.starts_with('#')) {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            if &line[..end] != name {
+                continue;
+            }
+            let value = line
+                .rsplit(' ')
+                .find_map(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("metric line without a value: {line}"));
+            found = true;
+            sum += value;
+        }
+        assert!(found, "/metrics has no `{name}`:\n{}", r.text);
+        sum
+    }
+
+    /// Opens a plain TCP connection to the server.
+    pub async fn tcp(&self) -> tokio::net::TcpStream {
+        tokio::time::timeout(
+            TIMEOUT,
+            tokio::net::TcpStream::connect(("127.0.0.1", self.port)),
+        )
+        .await
+        .expect("TCP connect timed out")
+        .expect("TCP connect")
+    }
+
+    /// Uploads with `Transfer-Encoding: chunked` (see `send_streaming`).
+    pub async fn upload_chunked(
+        &self,
+        token: &str,
+        name: &str,
+        chunks: impl Iterator<Item = Bytes> + Send + 'static,
+    ) -> (Result<RawReply, String>, usize) {
+        let path = format!("/api/files?name={}", percent_encode(name));
+        let auth = format!("Bearer {token}");
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/octet-stream"),
+        ];
+        self.send_streaming("POST", &path, &headers, chunks, None)
+            .await
+    }
+
+    /// One request over a raw socket with `Connection: close`: the head, then the body from
+    /// `chunks`, framed with `Content-Length: len` if `content_length` is given, else
+    /// `Transfer-Encoding: chunked`. The answer is read concurrently; writing stops once it is
+    /// in or a write fails. Returns the answer (Err: the connection ended without a complete
+    /// one, with what was seen) and how many body bytes were written.
+    pub async fn send_streaming(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        chunks: impl Iterator<Item = Bytes> + Send + 'static,
+        content_length: Option<usize>,
+    ) -> (Result<RawReply, String>, usize) {
+        let stream = self.tcp().await;
+        let (mut rd, mut wr) = stream.into_split();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n",
+            self.port
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        match content_length {
+            Some(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
+            None => head.push_str("Transfer-Encoding: chunked\r\n"),
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        let chunked = content_length.is_none();
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicUsize::new(0));
+        let writer = {
+            let stop = Arc::clone(&stop);
+            let written = Arc::clone(&written);
+            tokio::spawn(async move {
+                if wr.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for chunk in chunks {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let framed = if chunked {
+                        [
+                            format!("{:x}\r\n", chunk.len()).into_bytes(),
+                            chunk.to_vec(),
+                            b"\r\n".to_vec(),
+                        ]
+                        .concat()
+                    } else {
+                        chunk.to_vec()
+                    };
+                    if wr.write_all(&framed).await.is_err() {
+                        return;
+                    }
+                    written.fetch_add(chunk.len(), Ordering::Relaxed);
+                }
+                if chunked {
+                    let _ = wr.write_all(b"0\r\n\r\n").await;
+                }
+                let _ = wr.flush().await;
+                // Keep the write half open until the answer is read (dropping it sends FIN).
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        let head_request = method.eq_ignore_ascii_case("HEAD");
+        let reply =
+            match tokio::time::timeout(TIMEOUT, read_http_response(&mut rd, head_request)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no complete answer within {TIMEOUT:?}")),
+            };
+        stop.store(true, Ordering::Relaxed);
+        // A writer stuck on a socket nobody reads any more is left to end with the runtime.
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        (reply, written.load(Ordering::Relaxed))
+    }
+}
+
+fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A read buffer over an async reader, for parsing one HTTP/1.1 answer by hand.
+struct HttpReader<'a, R> {
+    r: &'a mut R,
+    buf: Vec<u8>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> HttpReader<'_, R> {
+    /// Reads more; false on EOF.
+    async fn fill(&mut self) -> Result<bool, String> {
+        let mut tmp = [0u8; 16384];
+        match self.r.read(&mut tmp).await {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                self.buf.extend_from_slice(&tmp[..n]);
+                Ok(true)
+            }
+            Err(e) => Err(format!("read error: {e}")),
+        }
+    }
+
+    /// Takes exactly `n` bytes.
+    async fn take(&mut self, n: usize) -> Result<Vec<u8>, String> {
+        while self.buf.len() < n {
+            if !self.fill().await? {
+                return Err(format!("EOF after {} of {n} body bytes", self.buf.len()));
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    /// Takes one CRLF-terminated line (without the CRLF).
+    async fn line(&mut self) -> Result<Vec<u8>, String> {
+        loop {
+            if let Some(p) = find_bytes(&self.buf, b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..p + 2).collect();
+                return Ok(line[..p].to_vec());
+            }
+            if !self.fill().await? {
+                return Err("EOF inside a chunked body".to_string());
+            }
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 answer (head, then a Content-Length, chunked or read-to-EOF body) from a
+/// raw socket. `head_request`: the answer to a HEAD has no body. Err if the connection ends
+/// (or fails) before the answer is complete; the message shows what was read.
+pub async fn read_http_response<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    head_request: bool,
+) -> Result<RawReply, String> {
+    let mut rd = HttpReader { r, buf: Vec::new() };
+    let head_end = loop {
+        if let Some(p) = find_bytes(&rd.buf, b"\r\n\r\n") {
+            break p;
+        }
+        let more = rd.fill().await.map_err(|e| {
+            format!(
+                "{e} before a complete head; read {:?}",
+                String::from_utf8_lossy(&rd.buf)
+            )
+        })?;
+        if !more {
+            return Err(format!(
+                "connection closed before a complete head; read {:?}",
+                String::from_utf8_lossy(&rd.buf)
+            ));
+        }
+    };
+    let head: Vec<u8> = rd.buf.drain(..head_end + 4).collect();
+    let head = String::from_utf8_lossy(&head[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect();
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        Vec::new()
+    } else if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        let mut body = Vec::new();
+        loop {
+            let size_line = rd.line().await.map_err(|e| format!("HTTP {status}: {e}"))?;
+            let size_text = String::from_utf8_lossy(&size_line).to_string();
+            let size_hex = size_text.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size_hex, 16)
+                .map_err(|e| format!("HTTP {status}: bad chunk size {size_text:?}: {e}"))?;
+            if size == 0 {
+                break;
+            }
+            let chunk = rd
+                .take(size + 2)
+                .await
+                .map_err(|e| format!("HTTP {status}: {e}"))?;
+            body.extend_from_slice(&chunk[..size]);
+        }
+        body
+    } else if let Some(len) = get("content-length") {
+        let len: usize = len
+            .parse()
+            .map_err(|e| format!("HTTP {status}: bad Content-Length {len:?}: {e}"))?;
+        rd.take(len)
+            .await
+            .map_err(|e| format!("HTTP {status}: {e}"))?
+    } else {
+        while rd.fill().await.map_err(|e| format!("HTTP {status}: {e}"))? {}
+        std::mem::take(&mut rd.buf)
+    };
+    Ok(RawReply::new(status, headers, body))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Search tests (tests/it/search.rs): changing the environment between restarts
+// ---------------------------------------------------------------------------------------------
+
+impl Server {
+    /// Sets (or replaces) one environment variable for the next `restart` and `cli` calls, e.g.
+    /// to restart after a crash with a different setting on the same data dir.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 }
