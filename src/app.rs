@@ -68,9 +68,7 @@ impl App {
             store.clone(),
             files,
             search,
-            config.limits.clone(),
-            config.rate_limits.clone(),
-            config.presence.clone(),
+            &config,
             metrics.clone(),
         )?;
         Ok(Self {
@@ -84,6 +82,11 @@ impl App {
 
     pub fn node_id(&self) -> u16 {
         self.store.node_id()
+    }
+
+    /// The one-time setup token while the server has no administrator (print it at start).
+    pub fn setup_token(&self) -> Option<String> {
+        self.hub.setup_token()
     }
 
     /// Serves until `shutdown` resolves, then closes everything in order.

@@ -76,12 +76,7 @@ pub struct PublicKeyConfig {
     pub kid: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Registration {
-    Open,
-    Closed,
-}
+pub use crate::model::Registration;
 
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]

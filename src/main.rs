@@ -153,6 +153,17 @@ fn serve(loaded: config::Loaded) -> anyhow::Result<()> {
         println!(
             "  open http://{addr}/ in a browser, or connect a WebSocket to ws://{addr}/ws?token=..."
         );
+        if let Some(token) = app.setup_token() {
+            println!();
+            println!(
+                "First run: no administrator yet. Create the admin account and a first room at"
+            );
+            println!("  http://{addr}/?setup={token}");
+            println!(
+                "(this link works once; a new one is printed at every start until setup is done)"
+            );
+            println!();
+        }
         tracing::info!(%addr, "ready");
         app.run(listener, shutdown_signal()).await;
         anyhow::Ok(())

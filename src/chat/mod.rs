@@ -4,6 +4,7 @@
 //! and changes them only in store completions, on the writer thread, so memory follows commit
 //! order. It knows no transport: connections are `Outbox`es of encoded frames.
 
+mod admin;
 mod error;
 pub mod limits;
 mod live;
@@ -12,6 +13,7 @@ mod receipts;
 mod sync;
 mod validate;
 
+pub use admin::AdminSettings;
 pub use error::ChatError;
 pub use outbox::{CloseRequest, Outbox, Pushed};
 pub use receipts::MessageReceipts;
@@ -230,6 +232,7 @@ pub struct Hub {
     store: Store,
     files: Files,
     search: Search,
+    admin: RwLock<admin::AdminState>,
     user_uploads: limits::UserBuckets,
     metrics: Arc<Metrics>,
     limits: Limits,
@@ -262,11 +265,13 @@ impl Hub {
         store: Store,
         files: Files,
         search: Search,
-        limits: Limits,
-        rate: RateLimits,
-        presence_cfg: PresenceConfig,
+        config: &crate::config::Config,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, ChatError> {
+        let registration = config.auth.registration;
+        let limits = config.limits.clone();
+        let rate = config.rate_limits.clone();
+        let presence_cfg = config.presence.clone();
         let snap = store.snapshot()?;
         let mut state = State::default();
         for (room, members) in snap.rooms {
@@ -281,10 +286,12 @@ impl Hub {
         for u in snap.users {
             state.users.insert(u.id.clone(), u);
         }
+        let settings = store.server_settings_blocking()?;
         Ok(Arc::new(Self {
             store,
             files,
             search,
+            admin: RwLock::new(admin::AdminState::new(settings, registration)),
             user_uploads: limits::UserBuckets::new(rate.uploads_per_sec, rate.uploads_burst),
             metrics,
             user_messages: limits::UserBuckets::new(
@@ -1192,7 +1199,7 @@ impl Hub {
                             (c, sort),
                             (crate::search::Cursor::Below(_), crate::search::Sort::Newest)
                                 | (
-                                    crate::search::Cursor::Offset(_),
+                                    crate::search::Cursor::Offset(..),
                                     crate::search::Sort::Relevance
                                 )
                         )

@@ -333,6 +333,36 @@ pub struct Change {
     pub message: Message,
 }
 
+/// Who may register a built-in account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Registration {
+    Open,
+    Invite,
+    Closed,
+}
+
+/// Server-wide settings kept in the database: the administrators and, once the administrator
+/// chose it, the registration mode.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerSettings {
+    #[serde(default)]
+    pub admins: Vec<UserId>,
+    #[serde(default)]
+    pub registration: Option<Registration>,
+}
+
+/// An invitation to register while registration is invite-only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invite {
+    pub code: String,
+    pub created_by: UserId,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub max_uses: u32,
+    pub uses: u32,
+}
+
 /// A built-in account: a username with an argon2id password hash.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Account {

@@ -1,6 +1,6 @@
 //! Typed payloads of client requests, shared by the WebSocket and REST transports.
 
-use crate::model::{Id, Visibility};
+use crate::model::{Id, Registration, Visibility};
 use serde::Deserialize;
 
 /// Every request event a client may send.
@@ -132,6 +132,37 @@ pub struct Register {
     pub password: String,
     #[serde(default)]
     pub display_name: Option<String>,
+    /// An invite code, needed while registration is invite-only.
+    #[serde(default)]
+    pub invite: Option<String>,
+}
+
+/// First-run setup: the administrator's account and the first room.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Setup {
+    pub setup_token: String,
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub room_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettingsBody {
+    pub registration: Registration,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewInvite {
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -78,6 +78,15 @@ async fn api(st: &AppState, method: &Method, seg: &[&str], req: Request<Incoming
     match (method, seg) {
         (&Method::POST, ["auth", "register"]) => return register(st, req).await,
         (&Method::POST, ["auth", "login"]) => return login(st, req).await,
+        (&Method::POST, ["setup"]) => return setup(st, req).await,
+        (&Method::GET, ["server"]) => {
+            return ok(&serde_json::json!({
+                "name": "Confab",
+                "version": env!("CARGO_PKG_VERSION"),
+                "registration": st.hub.registration(),
+                "setup_needed": st.hub.setup_token().is_some(),
+            }));
+        }
         _ => {}
     }
     let me = authenticate(st, &req)?;
@@ -86,9 +95,13 @@ async fn api(st: &AppState, method: &Method, seg: &[&str], req: Request<Incoming
     if let ["files", rest @ ..] = seg {
         return super::files::api(st, user, method, rest, req).await;
     }
+    if let ["admin", rest @ ..] = seg {
+        return admin(st, user, method, rest, req).await;
+    }
     match (method, seg) {
         (&Method::GET, ["me"]) => ok(&serde_json::json!({
             "user": {"id": user, "name": me.name},
+            "admin": hub.is_admin(user),
             "settings": hub.settings(user),
         })),
         (&Method::PATCH, ["me", "settings"]) => {
@@ -273,22 +286,18 @@ struct UserView<'a> {
     name: &'a str,
 }
 
-async fn register(st: &AppState, req: Request<Incoming>) -> ApiResult {
-    if st.config.auth.registration == Registration::Closed {
-        return Err(WireError::new(
-            ErrorCode::Forbidden,
-            "registration is closed",
-        ));
-    }
-    let b: protocol::Register = body(req).await?;
-    let username = auth::validate_username(&b.username).map_err(auth_error)?;
-    auth::validate_password(&b.password).map_err(auth_error)?;
-    let display = b
-        .display_name
+/// Checks a new account's username, password and display name, and hashes the password.
+async fn new_account(
+    username: &str,
+    password: String,
+    display_name: Option<String>,
+) -> Result<(String, Account), WireError> {
+    let username = auth::validate_username(username).map_err(auth_error)?;
+    auth::validate_password(&password).map_err(auth_error)?;
+    let display = display_name
         .map(|d| d.trim().chars().take(64).collect::<String>())
         .filter(|d| !d.is_empty() && !d.chars().any(char::is_control))
         .unwrap_or_else(|| username.clone());
-    let password = b.password;
     let _slot = hashing_slots()
         .acquire()
         .await
@@ -297,22 +306,51 @@ async fn register(st: &AppState, req: Request<Incoming>) -> ApiResult {
         .await
         .map_err(|_| WireError::new(ErrorCode::Internal, "internal error"))?
         .map_err(auth_error)?;
-    let user_id = UserId::from(username.as_str());
     let account = Account {
-        user_id: user_id.clone(),
-        display_name: display.clone(),
+        user_id: UserId::from(username.as_str()),
+        display_name: display,
         password_hash: hash,
         created_at: now_ms(),
     };
+    Ok((username, account))
+}
+
+async fn register(st: &AppState, req: Request<Incoming>) -> ApiResult {
+    let mode = st.hub.registration();
+    if mode == Registration::Closed {
+        return Err(WireError::new(
+            ErrorCode::Forbidden,
+            "registration is closed",
+        ));
+    }
+    let b: protocol::Register = body(req).await?;
+    let invite = match (mode, b.invite) {
+        (Registration::Invite, None) => {
+            return Err(WireError::new(
+                ErrorCode::Forbidden,
+                "registration needs an invite from the administrator",
+            ));
+        }
+        (Registration::Invite, Some(code)) => Some(code),
+        _ => None,
+    };
+    let (username, account) = new_account(&b.username, b.password, b.display_name).await?;
+    let user_id = account.user_id.clone();
+    let display = account.display_name.clone();
     st.hub
         .store()
         .write(WriteOp::CreateAccount {
             username: username.clone(),
             account,
+            invite,
         })
         .await
         .map_err(|e| match e {
             StoreError::Conflict => WireError::new(ErrorCode::Conflict, "username is taken"),
+            StoreError::Forbidden => WireError::new(
+                ErrorCode::Forbidden,
+                "this invite is unknown, used up or expired",
+            ),
             other => store_error(other),
         })?;
     st.hub.remember_name(&user_id, &display);
@@ -328,6 +366,76 @@ async fn register(st: &AppState, req: Request<Incoming>) -> ApiResult {
             name: &display,
         },
     })
+}
+
+/// First-run setup: the administrator's account and the first room.
+async fn setup(st: &AppState, req: Request<Incoming>) -> ApiResult {
+    let hub = &st.hub;
+    if hub.setup_token().is_none() {
+        return Err(WireError::new(
+            ErrorCode::Conflict,
+            "this server is already set up",
+        ));
+    }
+    let b: protocol::Setup = body(req).await?;
+    let (username, account) = new_account(&b.username, b.password, b.display_name).await?;
+    let display = account.display_name.clone();
+    let room_name = b.room_name.unwrap_or_else(|| "general".to_owned());
+    let room = hub
+        .setup(&b.setup_token, username.clone(), account, &room_name)
+        .await
+        .map_err(|e| hub.wire_error(&e))?;
+    let token = st
+        .auth
+        .mint(&username, Some(&display), None)
+        .map_err(auth_error)?;
+    created(&serde_json::json!({
+        "token": token,
+        "user": {"id": username, "name": display},
+        "room": room,
+    }))
+}
+
+/// `/api/admin/...` for an administrator.
+async fn admin(
+    st: &AppState,
+    user: &UserId,
+    method: &Method,
+    seg: &[&str],
+    req: Request<Incoming>,
+) -> ApiResult {
+    let hub = &st.hub;
+    let e = |e: ChatError| hub.wire_error(&e);
+    match (method, seg) {
+        (&Method::GET, ["settings"]) => ok(&hub.admin_settings(user).map_err(e)?),
+        (&Method::PATCH, ["settings"]) => {
+            let b: protocol::AdminSettingsBody = body(req).await?;
+            ok(&hub
+                .set_registration(user, b.registration)
+                .await
+                .map_err(e)?)
+        }
+        (&Method::POST, ["invites"]) => {
+            let b: protocol::NewInvite = body(req).await?;
+            let invite = hub
+                .create_invite(user, b.max_uses, b.ttl_secs)
+                .await
+                .map_err(e)?;
+            let url = format!("/?invite={}", invite.code);
+            let mut v = serde_json::to_value(&invite).unwrap_or_default();
+            v["url"] = serde_json::Value::String(url);
+            created(&serde_json::json!({ "invite": v }))
+        }
+        (&Method::GET, ["invites"]) => {
+            let invites = hub.invites(user).await.map_err(e)?;
+            ok(&serde_json::json!({ "invites": invites }))
+        }
+        (&Method::DELETE, ["invites", code]) => {
+            hub.delete_invite(user, code).await.map_err(e)?;
+            ok(&serde_json::json!({}))
+        }
+        _ => Err(WireError::new(ErrorCode::NotFound, "no such endpoint")),
+    }
 }
 
 /// Password hashing is slow and takes ~19 MiB per hash (argon2id defaults): run at most one

@@ -12,7 +12,8 @@ pub use writer::{Collected, ReceiptUpdate, WriteOp, WriteOutput};
 
 use crate::metrics::Metrics;
 use crate::model::{
-    Account, Blob, Change, ChangeKind, Id, Member, Message, Room, Upload, User, UserId,
+    Account, Blob, Change, ChangeKind, Id, Invite, Member, Message, Room, ServerSettings, Upload,
+    User, UserId,
 };
 use redb::{Database, ReadableDatabase, ReadableTable};
 use std::path::{Path, PathBuf};
@@ -218,6 +219,36 @@ impl Store {
             WriteOutput::Barrier { last_id } => Ok(last_id),
             _ => Err(StoreError::Closed),
         }
+    }
+
+    /// The server settings (administrators, registration mode).
+    pub fn server_settings_blocking(&self) -> Result<ServerSettings, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let t = txn.open_table(SETTINGS)?;
+        match t.get(SETTINGS_KEY)? {
+            Some(v) => decode("settings", v.value()),
+            None => Ok(ServerSettings::default()),
+        }
+    }
+
+    /// Unexpired invites, newest first.
+    pub async fn invites(&self) -> Result<Vec<Invite>, StoreError> {
+        self.read(|db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(INVITES)?;
+            let now = crate::model::now_ms();
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (_, v) = row?;
+                let inv: Invite = decode("invites", v.value())?;
+                if inv.expires_at > now {
+                    out.push(inv);
+                }
+            }
+            out.sort_by_key(|i| std::cmp::Reverse(i.created_at));
+            Ok(out)
+        })
+        .await
     }
 
     /// Every room id.

@@ -26,6 +26,11 @@ pub const DMS: TableDefinition<(&str, &str), u64> = TableDefinition::new("dms");
 pub const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 /// user id → User JSON (display name).
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// "server" → ServerSettings JSON.
+pub const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+/// invite code → Invite JSON.
+pub const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
+pub const SETTINGS_KEY: &str = "server";
 /// upload id → Upload JSON.
 pub const UPLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("uploads");
 /// SHA-256 (hex) → Blob JSON: the stored bytes, their reference count and thumbnail.
@@ -52,6 +57,8 @@ pub fn init(db: &Database, configured_node: Option<u16>) -> Result<(u16, Id), St
         txn.open_table(ACCOUNTS)?;
         txn.open_table(USERS)?;
         txn.open_table(UPLOADS)?;
+        txn.open_table(SETTINGS)?;
+        txn.open_table(INVITES)?;
         txn.open_table(BLOBS)?;
         txn.open_table(SHARES)?;
         let found = meta.get(META_SCHEMA)?.map(|v| v.value());

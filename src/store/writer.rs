@@ -4,9 +4,9 @@ use super::tables::*;
 use super::{Completion, StoreError, decode, encode};
 use crate::metrics::Metrics;
 use crate::model::{
-    Account, Blob, ChangeKind, Dimensions, FileRef, Id, IdGenerator, Member, Message,
-    MessageStatus, MessageType, Role, Room, RoomKind, ThumbState, Upload, User, UserId, Visibility,
-    now_ms,
+    Account, Blob, ChangeKind, Dimensions, FileRef, Id, IdGenerator, Invite, Member, Message,
+    MessageStatus, MessageType, Role, Room, RoomKind, ServerSettings, ThumbState, Upload, User,
+    UserId, Visibility, now_ms,
 };
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 use std::sync::Arc;
@@ -64,10 +64,20 @@ pub enum WriteOp {
         a: UserId,
         b: UserId,
     },
+    /// Creates an account; with `invite`, only if that invite is valid, using it up by one.
     CreateAccount {
         username: String,
         account: Account,
+        invite: Option<String>,
     },
+    /// Creates the first administrator's account, unless an administrator exists.
+    ClaimAdmin {
+        username: String,
+        account: Account,
+    },
+    SaveSettings(ServerSettings),
+    SaveInvite(Invite),
+    DeleteInvite(String),
     SaveUser(User),
     /// Moves receipt watermarks forward (never back) for members that still exist.
     SaveReceipts(Vec<ReceiptUpdate>),
@@ -150,6 +160,12 @@ pub enum WriteOutput {
         added: Vec<Member>,
     },
     AccountCreated,
+    /// The settings as they are after the write.
+    SettingsSaved(ServerSettings),
+    InviteSaved,
+    InviteDeleted {
+        removed: bool,
+    },
     UserSaved,
     ReceiptsSaved,
     /// Every id at or below this was issued by writes that completed before the barrier.
@@ -281,6 +297,8 @@ struct Tables<'t> {
     accounts: Table<'t, &'static str, &'static [u8]>,
     users: Table<'t, &'static str, &'static [u8]>,
     uploads: Table<'t, u64, &'static [u8]>,
+    settings: Table<'t, &'static str, &'static [u8]>,
+    invites: Table<'t, &'static str, &'static [u8]>,
     blobs: Table<'t, &'static str, &'static [u8]>,
     shares: Table<'t, (u64, u64, u64), ()>,
 }
@@ -301,6 +319,8 @@ fn apply_all(
         accounts: txn.open_table(ACCOUNTS)?,
         users: txn.open_table(USERS)?,
         uploads: txn.open_table(UPLOADS)?,
+        settings: txn.open_table(SETTINGS)?,
+        invites: txn.open_table(INVITES)?,
         blobs: txn.open_table(BLOBS)?,
         shares: txn.open_table(SHARES)?,
     };
@@ -342,6 +362,13 @@ fn upload_and_blob(t: &Tables<'_>, id: Id) -> Result<(Upload, Blob), StoreError>
         None => return Err(StoreError::NotFound),
     };
     Ok((upload, blob))
+}
+
+fn read_settings(t: &Tables<'_>) -> Result<ServerSettings, StoreError> {
+    match t.settings.get(SETTINGS_KEY)? {
+        Some(v) => decode("settings", v.value()),
+        None => Ok(ServerSettings::default()),
+    }
 }
 
 fn has_shares(t: &Tables<'_>, file: u64) -> Result<bool, StoreError> {
@@ -555,8 +582,37 @@ fn apply(
             }
             Ok(WriteOutput::Dm { room, added })
         }
-        WriteOp::CreateAccount { username, account } => {
+        WriteOp::CreateAccount {
+            username,
+            account,
+            invite,
+        } => {
             if t.accounts.get(username.as_str())?.is_some()
+                || t.users.get(username.as_str())?.is_some()
+            {
+                return Err(StoreError::Conflict);
+            }
+            if let Some(code) = invite {
+                let mut inv: Invite = match t.invites.get(code.as_str())? {
+                    Some(v) => decode("invites", v.value())?,
+                    None => return Err(StoreError::Forbidden),
+                };
+                if inv.expires_at <= now_ms() || inv.uses >= inv.max_uses {
+                    return Err(StoreError::Forbidden);
+                }
+                inv.uses += 1;
+                t.invites.insert(code.as_str(), encode(&inv).as_slice())?;
+            }
+            t.accounts
+                .insert(username.as_str(), encode(&account).as_slice())?;
+            let user = User::new(account.user_id.clone(), account.display_name.clone());
+            t.users.insert(&*user.id, encode(&user).as_slice())?;
+            Ok(WriteOutput::AccountCreated)
+        }
+        WriteOp::ClaimAdmin { username, account } => {
+            let mut settings = read_settings(t)?;
+            if !settings.admins.is_empty()
+                || t.accounts.get(username.as_str())?.is_some()
                 || t.users.get(username.as_str())?.is_some()
             {
                 return Err(StoreError::Conflict);
@@ -565,7 +621,24 @@ fn apply(
                 .insert(username.as_str(), encode(&account).as_slice())?;
             let user = User::new(account.user_id.clone(), account.display_name.clone());
             t.users.insert(&*user.id, encode(&user).as_slice())?;
-            Ok(WriteOutput::AccountCreated)
+            settings.admins.push(account.user_id);
+            t.settings
+                .insert(SETTINGS_KEY, encode(&settings).as_slice())?;
+            Ok(WriteOutput::SettingsSaved(settings))
+        }
+        WriteOp::SaveSettings(settings) => {
+            t.settings
+                .insert(SETTINGS_KEY, encode(&settings).as_slice())?;
+            Ok(WriteOutput::SettingsSaved(settings))
+        }
+        WriteOp::SaveInvite(invite) => {
+            t.invites
+                .insert(invite.code.as_str(), encode(&invite).as_slice())?;
+            Ok(WriteOutput::InviteSaved)
+        }
+        WriteOp::DeleteInvite(code) => {
+            let removed = t.invites.remove(code.as_str())?.is_some();
+            Ok(WriteOutput::InviteDeleted { removed })
         }
         WriteOp::Barrier => Ok(WriteOutput::Barrier {
             last_id: ids.last(),
