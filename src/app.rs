@@ -64,13 +64,7 @@ impl App {
             crate::files::Files::open(data, config.files.clone(), store.clone(), metrics.clone())?;
         let search =
             crate::search::Search::open(data, &config.search, store.clone(), metrics.clone())?;
-        let hub = Hub::new(
-            store.clone(),
-            files,
-            search,
-            &config,
-            metrics.clone(),
-        )?;
+        let hub = Hub::new(store.clone(), files, search, &config, metrics.clone())?;
         Ok(Self {
             config: Arc::new(config),
             store,
