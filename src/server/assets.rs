@@ -8,6 +8,7 @@ use rust_embed::RustEmbed;
 
 #[derive(RustEmbed)]
 #[folder = "web/"]
+#[exclude = "sdk/test/*"]
 struct Assets;
 
 /// Serves `path` from `web/` (`/` is `index.html`) with a content-hash ETag.

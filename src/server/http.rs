@@ -36,8 +36,79 @@ pub async fn route(st: AppState, peer: SocketAddr, req: Request<Incoming>) -> Re
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let res = match (&method, segments.as_slice()) {
+    let cross_origin = cors_origin(&st, req.headers());
+    let mut resp = route_inner(&st, peer, req, &method, &path, &segments).await;
+    match segments.as_slice() {
+        ["api" | "files", ..] => {
+            if let Some(origin) = cross_origin {
+                let h = resp.headers_mut();
+                h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+                h.insert(header::VARY, HeaderValue::from_static("origin"));
+                h.insert(
+                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                    HeaderValue::from_static("content-range, content-disposition, etag"),
+                );
+            }
+        }
+        // The SDK is a public script: any page may import it.
+        ["sdk", ..] => {
+            resp.headers_mut().insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        }
+        _ => {}
+    }
+    resp
+}
+
+/// The request's Origin when `server.allowed_origins` lists it (or has "*"): host pages on
+/// other origins may then call the REST API and fetch files with their tokens.
+fn cors_origin(st: &AppState, h: &hyper::HeaderMap) -> Option<HeaderValue> {
+    let origin = h.get(header::ORIGIN)?;
+    let o = origin.to_str().ok()?;
+    st.config
+        .server
+        .allowed_origins
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(o))
+        .then(|| origin.clone())
+}
+
+/// A CORS preflight: what a cross-origin page may send.
+fn preflight(st: &AppState, h: &hyper::HeaderMap) -> Resp {
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    if cors_origin(st, h).is_some() {
+        let hs = r.headers_mut();
+        hs.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, POST, PATCH, DELETE"),
+        );
+        hs.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type, range, if-none-match"),
+        );
+        hs.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+    }
+    r
+}
+
+async fn route_inner(
+    st: &AppState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+    segments: &[&str],
+) -> Resp {
+    let st = st.clone();
+    let res = match (method, segments) {
         (_, ["ws"]) => return super::ws::upgrade(st, peer, req).await,
+        (&Method::OPTIONS, ["api" | "files", ..]) => return preflight(&st, req.headers()),
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET, ["readyz"]) => Ok(if st.ready.load(Ordering::Acquire) {
             text(StatusCode::OK, "ready\n")
@@ -53,14 +124,14 @@ pub async fn route(st: AppState, peer: SocketAddr, req: Request<Incoming>) -> Re
             );
             Ok(r)
         }
-        (_, ["api", rest @ ..]) => api(&st, &method, rest, req).await,
+        (_, ["api", rest @ ..]) => api(&st, method, rest, req).await,
         (&Method::GET | &Method::HEAD, ["files", id]) => {
             super::files::download(&st, req, id, false).await
         }
         (&Method::GET | &Method::HEAD, ["files", id, "thumb"]) => {
             super::files::download(&st, req, id, true).await
         }
-        (&Method::GET | &Method::HEAD, _) => Ok(super::assets::serve(&path, req.headers())),
+        (&Method::GET | &Method::HEAD, _) => Ok(super::assets::serve(path, req.headers())),
         _ => Err(WireError::new(ErrorCode::NotFound, "no such endpoint")),
     };
     match res {

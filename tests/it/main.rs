@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod catchup;
+mod cors;
 mod dm;
 mod durability;
 mod edits;
