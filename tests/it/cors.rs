@@ -19,7 +19,10 @@ async fn listed_origins_may_call_the_api_others_may_not() {
             &[
                 ("origin", "https://app.example.com"),
                 ("access-control-request-method", "POST"),
-                ("access-control-request-headers", "authorization, content-type"),
+                (
+                    "access-control-request-headers",
+                    "authorization, content-type",
+                ),
             ],
             None,
         )
