@@ -157,7 +157,7 @@ impl Search {
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
-        let writer = index.writer_with_num_threads(1, cfg.writer_memory_bytes)?;
+        let writer = new_writer(&index, cfg)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let search = Self {
             inner: Arc::new(Inner {
@@ -186,7 +186,7 @@ impl Search {
         let fresh = data_dir.join("search.rebuild");
         let _ = std::fs::remove_dir_all(&fresh);
         let (index, fields) = open_index(&fresh)?;
-        let mut writer = index.writer_with_num_threads(1, cfg.writer_memory_bytes)?;
+        let mut writer = new_writer(&index, cfg)?;
         let upto = store.last_id_blocking()?;
         let n = indexer::index_all(&mut writer, fields, store, upto)?;
         indexer::commit(&mut writer, upto.0)?;
@@ -253,6 +253,20 @@ impl Search {
     pub fn snippet(&self, terms: &query::Terms, message: &Message) -> (String, Vec<[usize; 2]>) {
         query::snippet(terms, self.inner.fields.body, &body_of(message))
     }
+}
+
+/// One indexing thread and one merge thread: an appliance's index is small, and the cores
+/// belong to the chat traffic.
+fn new_writer(
+    index: &Index,
+    cfg: &SearchConfig,
+) -> Result<tantivy::IndexWriter<tantivy::TantivyDocument>, SearchError> {
+    let options = tantivy::indexer::IndexWriterOptions::builder()
+        .memory_budget_per_thread(cfg.writer_memory_bytes)
+        .num_worker_threads(1)
+        .num_merge_threads(1)
+        .build();
+    Ok(index.writer_with_options(options)?)
 }
 
 fn open_index(dir: &Path) -> Result<(Index, Fields), SearchError> {
