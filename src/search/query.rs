@@ -15,6 +15,8 @@ use tantivy::{DocAddress, Order, Searcher, Term};
 
 /// Most words (and phrases) in one query.
 pub const MAX_WORDS: usize = 16;
+/// About how long a snippet is, in characters.
+const SNIPPET_CHARS: usize = 150;
 /// Relevance paging stops after this many hits (newest-first paging has no limit).
 const MAX_RELEVANCE_DEPTH: usize = 1000;
 /// How many terms a prefix may expand to.
@@ -330,20 +332,38 @@ pub fn snippet(
             }
         }
     }
-    let generator = SnippetGenerator::new(wanted, analyzer(), field, 150);
+    let generator = SnippetGenerator::new(wanted, analyzer(), field, SNIPPET_CHARS);
     let s = generator.snippet(text);
-    let fragment = s.fragment();
-    if fragment.is_empty() {
-        let head: String = text.chars().take(150).collect();
+    if s.fragment().is_empty() {
+        let head: String = text.chars().take(SNIPPET_CHARS).collect();
         return (head, Vec::new());
     }
+    // The generator cuts at token edges, dropping punctuation around the words ("hello
+    // world!" → "hello world"): widen the fragment to whitespace, or to the whole text when
+    // it is short.
+    let range = s.fragment_range();
+    let (start, end) = if text.chars().count() <= SNIPPET_CHARS {
+        (0, text.len())
+    } else {
+        let start = text[..range.start]
+            .rfind(char::is_whitespace)
+            .map_or(0, |i| {
+                i + text[i..].chars().next().map_or(1, char::len_utf8)
+            });
+        let end = text[range.end..]
+            .find(char::is_whitespace)
+            .map_or(text.len(), |i| range.end + i);
+        (start, end)
+    };
+    let fragment = &text[start..end];
+    let shift = range.start - start;
     let ranges = s
         .highlighted()
         .iter()
         .map(|r| {
             [
-                utf16_len(&fragment[..r.start]),
-                utf16_len(&fragment[..r.end]),
+                utf16_len(&fragment[..r.start + shift]),
+                utf16_len(&fragment[..r.end + shift]),
             ]
         })
         .collect();
@@ -397,5 +417,13 @@ mod tests {
             .map(|[a, b]| String::from_utf16_lossy(&utf16[*a..*b]))
             .collect();
         assert_eq!(picked, vec!["deploy", "Friday"]);
+        let (text, _) = snippet(&terms, f.body, "hello deploy world!");
+        assert_eq!(text, "hello deploy world!");
+        let long = format!("{} deploy (draft)! {}", "a ".repeat(100), "b ".repeat(100));
+        let (text, ranges) = snippet(&terms, f.body, &long);
+        assert!(text.contains("deploy (draft)!"), "{text}");
+        let utf16: Vec<u16> = text.encode_utf16().collect();
+        let [a, b] = ranges[0];
+        assert_eq!(String::from_utf16_lossy(&utf16[a..b]), "deploy");
     }
 }
