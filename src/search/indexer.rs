@@ -22,18 +22,35 @@ pub(super) fn run(
 ) {
     let fields = search.inner.fields;
     // Changes at or below `watermark` are in the index (or in a replay that covered them).
-    match catch_up(&search, &store, &mut writer, watermark) {
-        Ok(w) => watermark = w,
-        Err(e) => tracing::error!(error = %e, "search replay at start failed"),
+    // Until the start-up replay succeeds nothing is committed past it, or a gap would be
+    // recorded as indexed; queued changes wait (or overflow into a later replay).
+    loop {
+        match catch_up(&search, &store, &mut writer, watermark) {
+            Ok(w) => {
+                watermark = w;
+                break;
+            }
+            Err(SearchError::Store(crate::store::StoreError::Closed)) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "search replay at start failed; retrying in 1 s");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
     }
     let mut applied_seq = watermark;
     let mut applied_note = 0u64;
     let mut dirty = false;
     let mut deadline: Option<Instant> = None;
+    // Where a failed replay must start again: changes queued after it lie past the gap.
+    let mut replay_from: Option<u64> = None;
     loop {
-        let wait = deadline.map_or(Duration::from_secs(3600), |d| {
-            d.saturating_duration_since(Instant::now())
-        });
+        let wait = if search.inner.lost.load(Ordering::Acquire) {
+            Duration::from_secs(1)
+        } else {
+            deadline.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+        };
         match rx.recv_timeout(wait) {
             Ok((note, op)) => {
                 applied_note = note;
@@ -66,10 +83,12 @@ pub(super) fn run(
                 }
                 applied_note = note;
             }
+            let from = *replay_from.get_or_insert(applied_seq);
             search.inner.lost.store(false, Ordering::Release);
             let noted = search.inner.noted.load(Ordering::Relaxed);
-            match catch_up(&search, &store, &mut writer, applied_seq) {
+            match catch_up(&search, &store, &mut writer, from) {
                 Ok(w) => {
+                    replay_from = None;
                     watermark = w;
                     applied_seq = w;
                     applied_note = applied_note.max(noted);
@@ -80,7 +99,11 @@ pub(super) fn run(
                     dirty = false;
                     deadline = None;
                 }
-                Err(e) => tracing::error!(error = %e, "search replay after overflow failed"),
+                Err(e) => {
+                    // Nothing past the gap may be committed: try again shortly.
+                    tracing::error!(error = %e, "search replay after overflow failed; retrying");
+                    search.inner.lost.store(true, Ordering::Release);
+                }
             }
             continue;
         }

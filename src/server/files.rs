@@ -3,7 +3,9 @@
 //! range requests.
 
 use super::AppState;
-use super::http::{ApiResult, Body, Resp, auth_error, bearer, created, full, ok, store_error};
+use super::http::{
+    ApiResult, Body, Resp, auth_error, bearer, created, decode_query_value, full, ok, store_error,
+};
 use crate::chat::ChatError;
 use crate::files::{FileError, sniff};
 use crate::model::{Blob, Id, ThumbState, Upload, UploadView, UserId};
@@ -13,7 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
@@ -51,15 +53,11 @@ fn file_id(s: &str) -> Result<Id, WireError> {
         .map_err(|_| WireError::new(ErrorCode::NotFound, "file not found"))
 }
 
-/// The value of one query parameter, percent-decoded.
+/// The value of one query parameter, percent-decoded (`None` if absent or not UTF-8).
 fn query_param(q: Option<&str>, key: &str) -> Option<String> {
     q?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key).then(|| {
-            percent_decode_str(&v.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        })
+        (k == key).then(|| decode_query_value(v)).flatten()
     })
 }
 

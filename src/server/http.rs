@@ -604,6 +604,14 @@ impl Query {
 }
 
 /// `GET /api/search` parameters into the request the WebSocket `search` takes.
+/// A query-string value: `+` is a space, `%XX` escapes, and the result must be UTF-8.
+pub(super) fn decode_query_value(v: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(&v.replace('+', " "))
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
 fn search_query(q: Option<&str>) -> Result<protocol::SearchRequest, WireError> {
     let bad = |k: &str| {
         WireError::new(
@@ -615,10 +623,7 @@ fn search_query(q: Option<&str>) -> Result<protocol::SearchRequest, WireError> {
     let mut seen_q = false;
     for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
-            .decode_utf8()
-            .map_err(|_| bad(k))?
-            .into_owned();
+        let v = decode_query_value(v).ok_or_else(|| bad(k))?;
         match k {
             "q" => {
                 out.q = v;
