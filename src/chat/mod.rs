@@ -353,12 +353,14 @@ impl Hub {
     }
 
     /// Registers a connection for `user`, remembers their display name and marks them online.
-    /// A `catching_up` connection gets no room events until its `sync` completes.
+    /// `greeting(connection id)` is queued first, before the connection can receive any room
+    /// event. A `catching_up` connection gets no room events until its `sync` completes.
     pub fn connect(
         self: &Arc<Self>,
         user: &UserId,
         name: &str,
         catching_up: bool,
+        greeting: impl FnOnce(u64) -> Bytes,
     ) -> Arc<Connection> {
         self.remember_name(user, name);
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -370,6 +372,7 @@ impl Hub {
             messages: limits::Bucket::new(self.rate.messages_per_sec, self.rate.messages_burst),
             typing: limits::Bucket::new(self.rate.typing_per_sec, self.rate.typing_burst),
         });
+        conn.outbox.push(greeting(id));
         if catching_up {
             self.catching_up.lock().insert(conn.id, conn.outbox.clone());
         } else {

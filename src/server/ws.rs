@@ -275,26 +275,29 @@ async fn run_session(
     tx.set_writev(true);
     tx.set_writev_threshold(0);
 
-    let conn = st.hub.connect(&me.user_id, &me.name, catching_up);
+    let hello = |id: u64| {
+        protocol::event(
+            "hello",
+            &Hello {
+                user: HelloUser {
+                    id: &me.user_id,
+                    name: &me.name,
+                },
+                connection_id: format!("c{id}"),
+                server_time: now_ms(),
+                heartbeat_ms: st.config.server.heartbeat_interval_secs * 1000,
+                limits: HelloLimits {
+                    max_message_bytes: st.config.limits.max_message_bytes,
+                    max_frame_bytes: st.config.limits.max_frame_bytes,
+                },
+            },
+        )
+    };
+    // `hello` is queued before the connection joins the fan-out, so it is always first.
+    let conn = st.hub.connect(&me.user_id, &me.name, catching_up, hello);
     st.metrics.connections.inc();
     st.metrics.connections_total.inc();
     tracing::debug!(%peer, conn = conn.id, user = %me.user_id, "websocket open");
-    conn.outbox.push(protocol::event(
-        "hello",
-        &Hello {
-            user: HelloUser {
-                id: &me.user_id,
-                name: &me.name,
-            },
-            connection_id: format!("c{}", conn.id),
-            server_time: now_ms(),
-            heartbeat_ms: st.config.server.heartbeat_interval_secs * 1000,
-            limits: HelloLimits {
-                max_message_bytes: st.config.limits.max_message_bytes,
-                max_frame_bytes: st.config.limits.max_frame_bytes,
-            },
-        },
-    ));
 
     let last_seen = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
