@@ -132,6 +132,10 @@ struct RoomEntry {
     /// Newest message id in the room: receipts never point past it. Atomic so that the send
     /// path moves it under the state's read lock.
     last_message: AtomicU64,
+    /// The outboxes of the members' live local connections, built on the first broadcast
+    /// after a change, so a broadcast walks one slice instead of looking up every member.
+    /// Cleared when membership changes here, or when a member's connections change.
+    recipients: parking_lot::Mutex<Option<Arc<[Arc<Outbox>]>>>,
 }
 
 impl RoomEntry {
@@ -153,7 +157,12 @@ impl RoomEntry {
             room,
             members: HashMap::new(),
             last_message: AtomicU64::new(0),
+            recipients: parking_lot::Mutex::new(None),
         }
+    }
+
+    fn forget_recipients(&self) {
+        *self.recipients.lock() = None;
     }
 }
 
@@ -172,12 +181,14 @@ impl State {
                 .or_default()
                 .insert(room);
             r.members.insert(m.user_id.clone(), m);
+            r.forget_recipients();
         }
     }
 
     fn remove_member(&mut self, room: Id, user: &UserId) {
         if let Some(r) = self.rooms.get_mut(&room) {
             r.members.remove(user);
+            r.forget_recipients();
         }
         if let Some(set) = self.user_rooms.get_mut(user) {
             set.remove(&room);
@@ -393,6 +404,21 @@ impl Hub {
             .entry(conn.user.clone())
             .or_default()
             .push((conn.id, conn.outbox.clone()));
+        self.forget_recipients_of(&conn.user);
+    }
+
+    /// After `user`'s connections changed: their rooms rebuild their recipient lists. Runs
+    /// after the `conns` write is released; a broadcast builds its list while holding `conns`
+    /// for reading, so a list built from the old connections is always cleared here after.
+    fn forget_recipients_of(&self, user: &UserId) {
+        let state = self.state.read();
+        if let Some(rooms) = state.user_rooms.get(user) {
+            for room in rooms {
+                if let Some(r) = state.rooms.get(room) {
+                    r.forget_recipients();
+                }
+            }
+        }
     }
 
     /// Forgets a connection; the user goes offline after the grace if it was their last.
@@ -407,6 +433,7 @@ impl Hub {
                 }
             }
         }
+        self.forget_recipients_of(&conn.user);
         self.user_disconnected(&conn.user);
     }
 
@@ -521,19 +548,33 @@ impl Hub {
         let Some(r) = state.rooms.get(&room) else {
             return;
         };
-        let conns = self.conns.read();
-        let mut n = 0u64;
-        for user in r.members.keys() {
-            if let Some(list) = conns.get(user) {
-                for (_, ob) in list {
-                    if ob.push(frame.clone()) == Pushed::Overflowed {
-                        self.metrics.slow_consumer_closes.inc();
-                    }
-                    n += 1;
-                }
+        let recipients = self.recipients(r);
+        drop(state);
+        for ob in recipients.iter() {
+            if ob.push(frame.clone()) == Pushed::Overflowed {
+                self.metrics.slow_consumer_closes.inc();
             }
         }
-        self.metrics.deliveries.inc_by(n);
+        self.metrics.deliveries.inc_by(recipients.len() as u64);
+    }
+
+    /// The room's recipient list, built from `conns` if a change cleared it.
+    fn recipients(&self, r: &RoomEntry) -> Arc<[Arc<Outbox>]> {
+        let mut cached = r.recipients.lock();
+        if let Some(list) = &*cached {
+            return list.clone();
+        }
+        // Held while the list is stored: see `forget_recipients_of`.
+        let conns = self.conns.read();
+        let list: Arc<[Arc<Outbox>]> = r
+            .members
+            .keys()
+            .filter_map(|u| conns.get(u))
+            .flatten()
+            .map(|(_, ob)| ob.clone())
+            .collect();
+        *cached = Some(list.clone());
+        list
     }
 
     /// Sends one frame to every connection of one user.

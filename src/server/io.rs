@@ -1,81 +1,239 @@
-//! A write half that gathers every frame of a batch and sends them with one flush.
+//! The WebSocket write side: a batch of shared frames goes out in one vectored write, with
+//! each frame's header built on the stack and its payload (`Bytes` shared with every other
+//! recipient) handed to the kernel as is: no copy, no per-connection buffer, no allocation.
+//! Slices and headers are built afresh in a plain function for every write attempt, so
+//! nothing but two counters lives across an `.await`: the writer task of an idle connection
+//! stays small.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
-use tokio::io::AsyncWrite;
+use bytes::Bytes;
+use std::io::{self, IoSlice};
 
-/// Above this, the buffer is freed after a flush so idle connections stay small (a burst of
-/// frames, or one history page, would otherwise stay allocated for the connection's life).
-const KEEP_CAPACITY: usize = 256;
+/// Frames per `writev`: two slices each (header, payload), well under `IOV_MAX` (1024).
+const FRAMES_PER_WRITE: usize = 64;
+/// The longest server frame header: no mask, 8-byte length.
+const MAX_HEADER: usize = 10;
 
-/// Buffers writes until `poll_flush`, then writes them out in as few syscalls as possible.
-/// Allocates only while it holds data.
-pub struct CoalescingWriter<W> {
-    inner: W,
-    buf: Vec<u8>,
-    written: usize,
+/// WebSocket opcodes the server sends (RFC 6455 §5.2).
+#[derive(Clone, Copy)]
+pub enum OpCode {
+    Text = 0x1,
+    Close = 0x8,
+    Ping = 0x9,
+    Pong = 0xA,
 }
 
-impl<W> CoalescingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        Self {
-            inner,
-            buf: Vec::new(),
-            written: 0,
-        }
+/// A non-blocking stream: a vectored write that may say `WouldBlock`, and a wait until it
+/// may not. Implemented by the socket's write half.
+pub trait Sink {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+}
+
+impl Sink for tokio::net::tcp::OwnedWriteHalf {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        tokio::net::tcp::OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
+    async fn writable(&self) -> io::Result<()> {
+        tokio::net::tcp::OwnedWriteHalf::writable(self).await
     }
 }
 
-impl<W: AsyncWrite + Unpin> AsyncWrite for CoalescingWriter<W> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        // Bounded by the caller: a connection's outbound queue is bounded in bytes.
-        self.get_mut().buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+/// Writes server frames (unmasked, unfragmented) to a socket.
+pub struct FrameWriter<S> {
+    sock: S,
+}
+
+/// Encodes a final, unmasked frame header into `out`; returns its length.
+fn header(out: &mut [u8; MAX_HEADER], op: OpCode, len: usize) -> usize {
+    out[0] = 0x80 | op as u8;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if let Ok(len) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&len.to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// The wire length of a frame with this payload.
+fn frame_len(op: OpCode, payload: usize) -> usize {
+    header(&mut [0; MAX_HEADER], op, payload) + payload
+}
+
+/// One write attempt of `frames` (all with opcode `op`) from `skip` bytes into the first.
+/// Returns the bytes written.
+fn write_some<S: Sink, B: AsRef<[u8]>>(
+    sock: &S,
+    op: OpCode,
+    frames: &[B],
+    skip: usize,
+) -> io::Result<usize> {
+    let frames = &frames[..frames.len().min(FRAMES_PER_WRITE)];
+    let mut heads = [[0u8; MAX_HEADER]; FRAMES_PER_WRITE];
+    let mut lens = [0usize; FRAMES_PER_WRITE];
+    for (i, f) in frames.iter().enumerate() {
+        lens[i] = header(&mut heads[i], op, f.as_ref().len());
+    }
+    let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+    for (i, f) in frames.iter().enumerate() {
+        slices[2 * i] = IoSlice::new(&heads[i][..lens[i]]);
+        slices[2 * i + 1] = IoSlice::new(f.as_ref());
+    }
+    let mut slices = &mut slices[..2 * frames.len()];
+    IoSlice::advance_slices(&mut slices, skip);
+    // Empty payloads must not make a zero-length write look like a closed socket.
+    while !slices.is_empty() && slices[0].is_empty() {
+        slices = &mut slices[1..];
+    }
+    if slices.is_empty() {
+        return Ok(0);
+    }
+    match sock.try_write_vectored(slices)? {
+        0 => Err(io::ErrorKind::WriteZero.into()),
+        n => Ok(n),
+    }
+}
+
+impl<S: Sink> FrameWriter<S> {
+    pub fn new(sock: S) -> Self {
+        Self { sock }
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let n = bufs.iter().map(|b| b.len()).sum();
-        this.buf.reserve(n);
-        for b in bufs {
-            this.buf.extend_from_slice(b);
-        }
-        Poll::Ready(Ok(n))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        while this.written < this.buf.len() {
-            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &this.buf[this.written..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+    /// Writes every frame, in order, waiting for the socket as needed.
+    async fn frames<B: AsRef<[u8]>>(&mut self, op: OpCode, frames: &[B]) -> io::Result<()> {
+        let (mut at, mut skip) = (0usize, 0usize);
+        while at < frames.len() {
+            match write_some(&self.sock, op, &frames[at..], skip) {
+                Ok(mut n) => {
+                    // Whole frames written move `at`; the rest is the offset into the next.
+                    n += skip;
+                    skip = 0;
+                    while at < frames.len() {
+                        let len = frame_len(op, frames[at].as_ref().len());
+                        if n < len {
+                            skip = n;
+                            break;
+                        }
+                        n -= len;
+                        at += 1;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.sock.writable().await?,
+                Err(e) => return Err(e),
             }
-            this.written += n;
         }
-        this.written = 0;
-        if this.buf.capacity() > KEEP_CAPACITY {
-            this.buf = Vec::new();
-        } else {
-            this.buf.clear();
-        }
-        Pin::new(&mut this.inner).poll_flush(cx)
+        Ok(())
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.as_mut().poll_flush(cx))?;
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    /// Writes one control frame (ping, pong, close); `payload` is cut to 125 bytes.
+    pub async fn control(&mut self, op: OpCode, payload: &[u8]) -> io::Result<()> {
+        let payload = &payload[..payload.len().min(125)];
+        self.frames(op, &[payload]).await
+    }
+
+    /// A close frame with its status code and reason.
+    pub async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
+        let mut payload = Vec::with_capacity(2 + reason.len());
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
+        self.control(OpCode::Close, &payload).await
+    }
+
+    /// Writes every frame as a text frame, in order, in as few `writev` calls as it takes.
+    pub async fn text_frames(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        self.frames(OpCode::Text, frames).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that accepts at most `step` bytes per call and says `WouldBlock` every other
+    /// call, to exercise short writes and the wait.
+    struct Trickle {
+        out: std::sync::Mutex<Vec<u8>>,
+        step: usize,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Sink for Trickle {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            use std::sync::atomic::Ordering;
+            if self.calls.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut out = self.out.lock().unwrap();
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.step - n);
+                out.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.step {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        async fn writable(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Parses unmasked server frames back into (opcode, payload).
+    fn parse(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            assert_eq!(b[0] & 0xF0, 0x80, "FIN set, no RSV bits");
+            assert_eq!(b[1] & 0x80, 0, "server frames are unmasked");
+            let (len, at) = match b[1] & 0x7F {
+                126 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            out.push((b[0] & 0x0F, b[at..at + len].to_vec()));
+            b = &b[at + len..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn frames_of_every_length_class_survive_short_writes() {
+        let frames: Vec<Bytes> = [0usize, 1, 125, 126, 65535, 65536, 70000]
+            .iter()
+            .cycle()
+            .take(150) // more than one writev chunk
+            .enumerate()
+            .map(|(i, &n)| Bytes::from(vec![(i % 251) as u8; n]))
+            .collect();
+        for step in [3, 4096, 1 << 40] {
+            let mut w = FrameWriter::new(Trickle {
+                out: Default::default(),
+                step,
+                calls: Default::default(),
+            });
+            w.control(OpCode::Pong, b"hi").await.unwrap();
+            w.text_frames(&frames).await.unwrap();
+            w.close(4003, "slow consumer").await.unwrap();
+            let got = parse(&w.sock.out.lock().unwrap());
+            assert_eq!(got.len(), frames.len() + 2);
+            assert_eq!(got[0], (0xA, b"hi".to_vec()));
+            for (g, f) in got[1..].iter().zip(&frames) {
+                assert_eq!(g.0, 0x1);
+                assert_eq!(&g.1[..], &f[..]);
+            }
+            let last = got.last().unwrap();
+            assert_eq!(last.0, 0x8);
+            assert_eq!(&last.1[..2], &4003u16.to_be_bytes());
+            assert_eq!(&last.1[2..], b"slow consumer");
+        }
     }
 }

@@ -3,13 +3,13 @@
 
 use super::AppState;
 use super::http::{Resp, auth_error, bearer, error_response, full};
-use super::io::CoalescingWriter;
+use super::io::{self as wsio, FrameWriter};
 use crate::auth::Identity;
 use crate::chat::{ChatError, Connection, NewMessage, Reply};
 use crate::model::now_ms;
 use crate::protocol::{self, ErrorCode, WireError, close};
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -264,16 +264,9 @@ async fn run_session(
         inner: tokio::io::AsyncReadExt::chain(std::io::Cursor::new(early), read),
         total: &read_total,
     };
-    let (_, mut tx) = fastwebsockets::after_handshake_split(
-        tokio::io::empty(),
-        CoalescingWriter::new(write),
-        Role::Server,
-    );
-    // Every frame with a payload takes fastwebsockets' vectored path into the coalescing
-    // writer: header and shared payload are appended there directly, with no per-connection
-    // frame buffer (its plain path keeps a buffer as large as the largest frame ever sent).
-    tx.set_writev(true);
-    tx.set_writev_threshold(0);
+    // The write side is ours (`io::FrameWriter`): a batch goes out in one vectored write of
+    // shared payloads, with no per-connection buffer.
+    let tx = FrameWriter::new(write);
 
     let hello = |id: u64| {
         protocol::event(
@@ -344,8 +337,8 @@ struct WriterTimers {
     last_seen: Arc<AtomicU64>,
 }
 
-async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
-    mut tx: fastwebsockets::WebSocketWrite<W>,
+async fn write_loop<W: wsio::Sink>(
+    mut tx: FrameWriter<W>,
     outbox: Arc<crate::chat::Outbox>,
     ctrl: Arc<Control>,
     t: WriterTimers,
@@ -366,50 +359,29 @@ async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
                 batch.clear();
             }
         }
-        let mut wrote = false;
-        if let Some(p) = pong.take() {
-            if tx
-                .write_frame(Frame::pong(Payload::Owned(p)))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            wrote = true;
+        if let Some(p) = pong.take()
+            && tx.control(wsio::OpCode::Pong, &p).await.is_err()
+        {
+            return;
         }
         if send_ping {
             send_ping = false;
-            if tx
-                .write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")))
-                .await
-                .is_err()
-            {
+            if tx.control(wsio::OpCode::Ping, b"").await.is_err() {
                 return;
             }
-            wrote = true;
         }
-        let frames = batch.len() as u64;
-        for b in batch.drain(..) {
-            if tx
-                .write_frame(Frame::text(Payload::Borrowed(&b)))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            wrote = true;
+        let frames = batch.len();
+        if frames > 0 && tx.text_frames(&batch).await.is_err() {
+            return;
         }
-        metrics.frames_out.inc_by(frames);
+        batch.clear();
+        metrics.frames_out.inc_by(frames as u64);
         if frames <= 2 && batch.capacity() > 16 {
             // A quiet moment after a burst: give the burst's capacity back.
             batch = Vec::new();
         }
         if let Some((code, reason)) = close {
-            let _ = tx.write_frame(Frame::close(code, reason.as_bytes())).await;
-            let _ = tx.flush().await;
-            return;
-        }
-        if wrote && tx.flush().await.is_err() {
+            let _ = tx.close(code, reason).await;
             return;
         }
         tokio::select! {
@@ -484,34 +456,44 @@ async fn read_loop(
         if early.position() as usize >= early.get_ref().len() && tcp.readable().await.is_err() {
             return;
         }
-        let (mut rx, _) =
-            fastwebsockets::after_handshake_split(&mut *source, tokio::io::sink(), Role::Server);
-        rx.set_auto_close(false);
-        rx.set_auto_pong(false);
-        // `payload_len >= max` is refused, so allow exactly max_frame_bytes.
-        rx.set_max_message_size(max + 1);
-        loop {
-            if read_one(
-                st,
-                &mut rx,
-                &mut no_obligations,
-                conn,
-                ctrl,
-                &mut partial,
-                &mut strikes,
-                max,
-                &mut consumed,
-                last_seen,
-                started,
-            )
-            .await
-            .is_break()
-            {
-                return;
+        // Boxed, once per burst: the frame reader and the request handling are large, and
+        // inline they would sit in every idle connection's session future.
+        let burst = Box::pin(async {
+            let (mut rx, _) = fastwebsockets::after_handshake_split(
+                &mut *source,
+                tokio::io::sink(),
+                Role::Server,
+            );
+            rx.set_auto_close(false);
+            rx.set_auto_pong(false);
+            // `payload_len >= max` is refused, so allow exactly max_frame_bytes.
+            rx.set_max_message_size(max + 1);
+            loop {
+                if read_one(
+                    st,
+                    &mut rx,
+                    &mut no_obligations,
+                    conn,
+                    ctrl,
+                    &mut partial,
+                    &mut strikes,
+                    max,
+                    &mut consumed,
+                    last_seen,
+                    started,
+                )
+                .await
+                .is_break()
+                {
+                    return std::ops::ControlFlow::Break(());
+                }
+                if total.load(Ordering::Relaxed) == consumed {
+                    return std::ops::ControlFlow::Continue(());
+                }
             }
-            if total.load(Ordering::Relaxed) == consumed {
-                break;
-            }
+        });
+        if burst.await.is_break() {
+            return;
         }
     }
 }
@@ -641,7 +623,9 @@ async fn handle_text(st: &AppState, conn: &Arc<Connection>, text: &[u8]) -> bool
         }
     };
     let reference = frame.reference.as_deref();
-    let answer = dispatch(st, conn, &frame.event, reference, frame.data).await;
+    // Boxed: the request handlers' futures are large, and inline they would be part of every
+    // idle connection's session future. One allocation per request, none per delivery.
+    let answer = Box::pin(dispatch(st, conn, &frame.event, reference, frame.data)).await;
     match answer {
         Ok(Some(bytes)) => {
             conn.outbox.push(bytes);
