@@ -6,43 +6,19 @@
 //! `cargo bench --bench search` (or `-- 200000` for a smaller run). The data lives in a
 //! temporary directory removed at the end.
 
+#[path = "common/corpus.rs"]
+mod corpus;
+
 use confab::config::SearchConfig;
 use confab::metrics::Metrics;
-use confab::model::{Id, MessageType, UserId, Visibility};
+use confab::model::{Id, MessageType, UserId};
 use confab::search::{Search, SearchQuery, Sort};
 use confab::store::{Store, WriteOp, WriteOutput};
+use corpus::{ROOMS, store_corpus, vocabulary};
 use rand::Rng;
 use rand::SeedableRng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const ROOMS: usize = 1000;
-const VOCABULARY: usize = 20_000;
-
-/// A deterministic vocabulary of pronounceable words.
-fn vocabulary() -> Vec<String> {
-    const SYL: [&str; 24] = [
-        "ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "be", "da", "fe", "go", "ha", "ji", "ku",
-        "la", "mo", "nu", "pi", "ro", "se", "tu", "ve", "zo",
-    ];
-    (0..VOCABULARY)
-        .map(|i| {
-            let mut w = String::new();
-            let mut n = i + 24;
-            while n > 0 {
-                w.push_str(SYL[n % 24]);
-                n /= 24;
-            }
-            w
-        })
-        .collect()
-}
-
-/// Zipf-like pick: low indexes are common, high ones rare.
-fn pick(rng: &mut impl Rng, n: usize) -> usize {
-    let u: f64 = rng.random_range(0.0..1.0);
-    ((n as f64).powf(u) as usize).saturating_sub(1).min(n - 1)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -65,51 +41,8 @@ fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(dir.path(), Some(1), 4096, metrics.clone())?;
     let words = vocabulary();
+    let (rooms, stored_in) = store_corpus(&store, &words, total)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-
-    // Rooms, then messages, through the real group-commit writer.
-    let mut rooms = Vec::with_capacity(ROOMS);
-    for i in 0..ROOMS {
-        let out = store.write_blocking(WriteOp::CreateRoom {
-            name: format!("room {i}"),
-            topic: String::new(),
-            visibility: Visibility::Public,
-            owner: UserId::from("bench"),
-        })?;
-        if let WriteOutput::RoomCreated { room, .. } = out {
-            rooms.push(room.id);
-        }
-    }
-    let started = Instant::now();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let window = 20_000;
-    for i in 0..total {
-        if i >= window {
-            rx.recv()?;
-        }
-        let len = rng.random_range(5..20);
-        let content: Vec<&str> = (0..len)
-            .map(|_| words[pick(&mut rng, VOCABULARY)].as_str())
-            .collect();
-        let tx = tx.clone();
-        store.submit(
-            WriteOp::AppendMessage {
-                room: rooms[i % ROOMS],
-                sender: UserId::from(format!("user{}", i % 500)),
-                client_msg_id: format!("m{i}"),
-                kind: MessageType::Text,
-                content: content.join(" "),
-                file: None,
-            },
-            Box::new(move |r| {
-                let _ = tx.send(r.is_ok());
-            }),
-        )?;
-    }
-    for _ in 0..total.min(window) {
-        rx.recv()?;
-    }
-    let stored_in = started.elapsed();
     println!(
         "stored {total} messages in {ROOMS} rooms in {:.1} s ({:.0} messages/s, fsynced group commits)",
         stored_in.as_secs_f64(),

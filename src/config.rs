@@ -257,6 +257,7 @@ impl Default for FilesConfig {
 pub struct SearchConfig {
     pub commit_interval_ms: u64,
     pub writer_memory_bytes: usize,
+    pub writer_idle_close_secs: u64,
 }
 
 impl Default for SearchConfig {
@@ -264,6 +265,7 @@ impl Default for SearchConfig {
         Self {
             commit_interval_ms: 500,
             writer_memory_bytes: 32 * 1024 * 1024,
+            writer_idle_close_secs: 30,
         }
     }
 }
@@ -579,6 +581,12 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     if raw.search.commit_interval_ms == 0 {
         return Err(invalid("search.commit_interval_ms", "must be at least 1"));
+    }
+    if raw.search.writer_idle_close_secs == 0 {
+        return Err(invalid(
+            "search.writer_idle_close_secs",
+            "must be at least 1",
+        ));
     }
     if raw.search.writer_memory_bytes < 15_000_000 {
         return Err(invalid(

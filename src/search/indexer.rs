@@ -12,10 +12,49 @@ use tantivy::{IndexWriter, TantivyDocument, Term};
 
 type Writer = IndexWriter<TantivyDocument>;
 
+/// A writer that is opened only when there is something to index and closed again after
+/// `search.writer_idle_close_secs` without changes: an open tantivy writer holds its document
+/// pipeline (about 2.5 MB) and two threads, which an idle appliance should not pay for.
+pub(super) struct LazyWriter {
+    index: tantivy::Index,
+    memory_budget: usize,
+    writer: Option<Writer>,
+    /// How long the writer stays open after its last commit.
+    idle_close: Duration,
+}
+
+impl LazyWriter {
+    pub(super) fn new(index: tantivy::Index, memory_budget: usize, idle_close: Duration) -> Self {
+        Self {
+            index,
+            memory_budget,
+            writer: None,
+            idle_close,
+        }
+    }
+
+    fn get(&mut self) -> Result<&mut Writer, SearchError> {
+        let w = match self.writer.take() {
+            Some(w) => w,
+            None => super::new_writer(&self.index, self.memory_budget)?,
+        };
+        Ok(self.writer.insert(w))
+    }
+
+    /// Closes the writer (after its merges finish). Only with nothing uncommitted.
+    fn close(&mut self) {
+        if let Some(w) = self.writer.take()
+            && let Err(e) = w.wait_merging_threads()
+        {
+            tracing::warn!(error = %e, "closing the search index writer");
+        }
+    }
+}
+
 pub(super) fn run(
     search: Search,
     store: Store,
-    mut writer: Writer,
+    mut writer: LazyWriter,
     rx: Receiver<(u64, IndexOp)>,
     mut watermark: u64,
     interval: Duration,
@@ -41,21 +80,28 @@ pub(super) fn run(
     let mut applied_note = 0u64;
     let mut dirty = false;
     let mut deadline: Option<Instant> = None;
+    let mut last_commit = Instant::now();
     // Where a failed replay must start again: changes queued after it lie past the gap.
     let mut replay_from: Option<u64> = None;
     loop {
         let wait = if search.inner.lost.load(Ordering::Acquire) {
             Duration::from_secs(1)
+        } else if let Some(d) = deadline {
+            d.saturating_duration_since(Instant::now())
+        } else if writer.writer.is_some() {
+            (last_commit + writer.idle_close).saturating_duration_since(Instant::now())
         } else {
-            deadline.map_or(Duration::from_secs(3600), |d| {
-                d.saturating_duration_since(Instant::now())
-            })
+            Duration::from_secs(3600)
         };
-        match rx.recv_timeout(wait) {
+        let received = rx.recv_timeout(wait);
+        if received.is_ok() {
+            search.inner.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        match received {
             Ok((note, op)) => {
                 applied_note = note;
                 if op.seq() > watermark {
-                    if let Err(e) = apply(&writer, fields, &op) {
+                    if let Err(e) = writer.get().and_then(|w| apply(w, fields, &op)) {
                         tracing::error!(error = %e, "could not index a change");
                     }
                     search.inner.metrics.search_indexed.inc();
@@ -66,19 +112,25 @@ pub(super) fn run(
                     search.inner.searchable.fetch_max(note, Ordering::Relaxed);
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                if !dirty && last_commit.elapsed() >= writer.idle_close && writer.writer.is_some() {
+                    writer.close();
+                }
+            }
             Err(RecvTimeoutError::Disconnected) => {
                 if dirty {
-                    let _ = commit(&mut writer, applied_seq);
+                    let _ = writer.get().and_then(|w| commit(w, applied_seq));
                 }
+                writer.close();
                 return;
             }
         }
         if search.inner.lost.load(Ordering::Acquire) {
             // Apply what was queued before the overflow, then replay the rest from storage.
             while let Ok((note, op)) = rx.try_recv() {
+                search.inner.queued.fetch_sub(1, Ordering::AcqRel);
                 if op.seq() > watermark {
-                    let _ = apply(&writer, fields, &op);
+                    let _ = writer.get().and_then(|w| apply(w, fields, &op));
                     applied_seq = applied_seq.max(op.seq());
                 }
                 applied_note = note;
@@ -109,7 +161,8 @@ pub(super) fn run(
         }
         if dirty && deadline.is_some_and(|d| Instant::now() >= d) {
             let started = Instant::now();
-            match commit(&mut writer, applied_seq) {
+            last_commit = started;
+            match writer.get().and_then(|w| commit(w, applied_seq)) {
                 Ok(()) => {
                     if let Err(e) = search.inner.reader.reload() {
                         tracing::error!(error = %e, "search reader reload failed");
@@ -139,13 +192,14 @@ pub(super) fn run(
 fn catch_up(
     search: &Search,
     store: &Store,
-    writer: &mut Writer,
+    writer: &mut LazyWriter,
     since: u64,
 ) -> Result<u64, SearchError> {
     let upto = store.last_id_blocking()?;
     if upto.0 <= since {
         return Ok(since);
     }
+    let writer = writer.get()?;
     let started = Instant::now();
     let mut n = 0u64;
     for room in store.room_ids_blocking()? {

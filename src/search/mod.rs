@@ -16,7 +16,7 @@ use crate::model::{Id, Message};
 use crate::store::{Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions,
 };
@@ -123,7 +123,9 @@ struct Inner {
     reader: IndexReader,
     fields: Fields,
     dir: PathBuf,
-    queue: std::sync::mpsc::SyncSender<(u64, IndexOp)>,
+    queue: std::sync::mpsc::Sender<(u64, IndexOp)>,
+    /// Changes in `queue`, at most `QUEUE`.
+    queued: AtomicUsize,
     /// Set when the queue overflowed: nothing more is queued until the indexer has replayed
     /// from storage.
     lost: AtomicBool,
@@ -157,14 +159,21 @@ impl Search {
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
-        let writer = new_writer(&index, cfg)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let writer = indexer::LazyWriter::new(
+            index,
+            cfg.writer_memory_bytes,
+            std::time::Duration::from_secs(cfg.writer_idle_close_secs),
+        );
+        // Unbounded channel, bounded by the `queued` count: a bounded std channel allocates
+        // and touches all its slots up front (2.6 MB at 65,536).
+        let (tx, rx) = std::sync::mpsc::channel();
         let search = Self {
             inner: Arc::new(Inner {
                 reader,
                 fields,
                 dir,
                 queue: tx,
+                queued: AtomicUsize::new(0),
                 lost: AtomicBool::new(false),
                 noted: AtomicU64::new(0),
                 searchable: AtomicU64::new(0),
@@ -186,7 +195,7 @@ impl Search {
         let fresh = data_dir.join("search.rebuild");
         let _ = std::fs::remove_dir_all(&fresh);
         let (index, fields) = open_index(&fresh)?;
-        let mut writer = new_writer(&index, cfg)?;
+        let mut writer = new_writer(&index, cfg.writer_memory_bytes)?;
         let upto = store.last_id_blocking()?;
         let n = indexer::index_all(&mut writer, fields, store, upto)?;
         indexer::commit(&mut writer, upto.0)?;
@@ -224,9 +233,13 @@ impl Search {
         if i.lost.load(Ordering::Acquire) {
             return;
         }
-        if i.queue.try_send((n, op)).is_err() {
+        if i.queued.fetch_add(1, Ordering::AcqRel) >= QUEUE {
+            i.queued.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!("search queue full; the indexer will catch up from storage");
             i.lost.store(true, Ordering::Release);
+        } else if i.queue.send((n, op)).is_err() {
+            // The indexer has stopped (shutdown): nothing to do.
+            i.queued.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -259,10 +272,10 @@ impl Search {
 /// belong to the chat traffic.
 fn new_writer(
     index: &Index,
-    cfg: &SearchConfig,
+    memory_budget: usize,
 ) -> Result<tantivy::IndexWriter<tantivy::TantivyDocument>, SearchError> {
     let options = tantivy::indexer::IndexWriterOptions::builder()
-        .memory_budget_per_thread(cfg.writer_memory_bytes)
+        .memory_budget_per_thread(memory_budget)
         .num_worker_threads(1)
         .num_merge_threads(1)
         .build();

@@ -168,7 +168,7 @@ mod tests {
             if self.calls.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let mut out = self.out.lock().unwrap();
+            let mut out = self.out.lock().expect("lock");
             let mut n = 0;
             for b in bufs {
                 let take = b.len().min(self.step - n);
@@ -194,7 +194,7 @@ mod tests {
             let (len, at) = match b[1] & 0x7F {
                 126 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
                 127 => (
-                    u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                    u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize,
                     10,
                 ),
                 n => (n as usize, 2),
@@ -220,17 +220,17 @@ mod tests {
                 step,
                 calls: Default::default(),
             });
-            w.control(OpCode::Pong, b"hi").await.unwrap();
-            w.text_frames(&frames).await.unwrap();
-            w.close(4003, "slow consumer").await.unwrap();
-            let got = parse(&w.sock.out.lock().unwrap());
+            w.control(OpCode::Pong, b"hi").await.expect("pong");
+            w.text_frames(&frames).await.expect("frames");
+            w.close(4003, "slow consumer").await.expect("close");
+            let got = parse(&w.sock.out.lock().expect("lock"));
             assert_eq!(got.len(), frames.len() + 2);
             assert_eq!(got[0], (0xA, b"hi".to_vec()));
             for (g, f) in got[1..].iter().zip(&frames) {
                 assert_eq!(g.0, 0x1);
                 assert_eq!(&g.1[..], &f[..]);
             }
-            let last = got.last().unwrap();
+            let last = got.last().expect("a close frame");
             assert_eq!(last.0, 0x8);
             assert_eq!(&last.1[..2], &4003u16.to_be_bytes());
             assert_eq!(&last.1[2..], b"slow consumer");

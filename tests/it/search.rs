@@ -1653,3 +1653,66 @@ async fn search_metrics_are_exported() {
         "confab_search_index_bytes is {bytes} with 5 messages indexed"
     );
 }
+
+/// The index writer closes when the index has been idle for `search.writer_idle_close_secs`
+/// (its two threads end) and opens again for the next message, which is found as quickly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_writer_closes_when_idle_and_reopens_for_new_messages() {
+    let server = Server::start_with(Options::env(&[(
+        "CONFAB_SEARCH__WRITER_IDLE_CLOSE_SECS",
+        "1",
+    )]));
+    let threads = || -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+            .expect("the server's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a Threads line")
+    };
+    let (token, mut alice) = user(&server, "alice").await;
+    let room = alice.create_room("idle", "private").await;
+
+    let first = alice.say(&room, "the quarterly zeppelin report").await;
+    search_until(
+        &server,
+        &token,
+        &q("zeppelin"),
+        Instant::now(),
+        "a message while the writer is open",
+        |a| has(a, &first),
+    )
+    .await;
+    let open = threads();
+
+    // Idle for over a second: the writer's indexing and merge threads end.
+    let until = Instant::now() + Duration::from_secs(10);
+    let closed = loop {
+        let n = threads();
+        if n + 2 <= open {
+            break n;
+        }
+        assert!(
+            Instant::now() < until,
+            "the index writer did not close within 10 s of idleness ({n} threads, {open} open)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let second = alice.say(&room, "a zeppelin follow-up").await;
+    let ans = search_until(
+        &server,
+        &token,
+        &q("zeppelin"),
+        Instant::now(),
+        "a message after the writer closed",
+        |a| has(a, &second),
+    )
+    .await;
+    assert!(has(&ans, &first), "the first message is still found: {ans}");
+    assert!(
+        threads() > closed,
+        "the writer's threads are back while it indexes"
+    );
+}
