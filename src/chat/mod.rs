@@ -724,7 +724,7 @@ impl Hub {
         if let Ok(a) = &ack
             && !a.duplicate
         {
-            self.search.note_message(a.message.id, &a.message);
+            self.search.note_new_message(&a.message);
         }
         // The sender hears the ack before its own copy of the broadcast.
         match reply {
@@ -808,7 +808,7 @@ impl Hub {
         let out = self
             .write_then(op, move |hub, out| {
                 if let WriteOutput::MessageChanged { message, seq } = out {
-                    hub.search.note_message(*seq, message);
+                    hub.search.note_changed_message(*seq, message);
                     #[derive(Serialize)]
                     struct Changed<'a> {
                         message: &'a Message,

@@ -2,7 +2,6 @@
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use std::collections::VecDeque;
 use tokio::sync::Notify;
 
 /// Why the hub wants a connection closed, and the close code to send.
@@ -13,7 +12,7 @@ pub struct CloseRequest {
 }
 
 struct Queue {
-    frames: VecDeque<Bytes>,
+    frames: Vec<Bytes>,
     bytes: usize,
     close: Option<CloseRequest>,
 }
@@ -40,7 +39,7 @@ impl Outbox {
     pub fn new(limit_bytes: usize) -> Self {
         Self {
             queue: Mutex::new(Queue {
-                frames: VecDeque::new(),
+                frames: Vec::new(),
                 bytes: 0,
                 close: None,
             }),
@@ -69,7 +68,7 @@ impl Outbox {
         }
         q.bytes += frame.len();
         let was_empty = q.frames.is_empty();
-        q.frames.push_back(frame);
+        q.frames.push(frame);
         drop(q);
         // One wake-up per batch: the writer drains everything queued since.
         if was_empty {
@@ -91,13 +90,17 @@ impl Outbox {
     /// Moves every queued frame into `out` and returns a pending close request, if any.
     pub fn drain_into(&self, out: &mut Vec<Bytes>) -> Option<CloseRequest> {
         let mut q = self.queue.lock();
-        let n = q.frames.len();
-        out.extend(q.frames.drain(..));
+        if out.is_empty() {
+            // The usual case: the writer's empty batch and the queue trade places.
+            std::mem::swap(&mut q.frames, out);
+        } else {
+            out.append(&mut q.frames);
+        }
         q.bytes = 0;
-        if n <= 2 && q.frames.capacity() > 16 {
+        if out.len() <= 2 && q.frames.capacity() > 16 {
             // A quiet moment after a burst: give the burst's capacity back, so idle
             // connections stay small (under load batches are large and nothing churns).
-            q.frames = VecDeque::new();
+            q.frames = Vec::new();
         }
         q.close
     }

@@ -218,9 +218,10 @@ fn catch_up(
                         seq: c.seq.0,
                         id: c.message.id,
                     },
-                    _ => IndexOp::Upsert {
+                    kind => IndexOp::Upsert {
                         seq: c.seq.0,
                         message: Box::new(c.message.clone()),
+                        replace: kind != ChangeKind::Message,
                     },
                 };
                 apply(writer, search.inner.fields, &op)?;
@@ -288,8 +289,12 @@ fn document(f: Fields, m: &Message) -> TantivyDocument {
 
 fn apply(writer: &Writer, f: Fields, op: &IndexOp) -> Result<(), SearchError> {
     match op {
-        IndexOp::Upsert { message, .. } => {
-            writer.delete_term(Term::from_field_u64(f.id, message.id.0));
+        IndexOp::Upsert {
+            message, replace, ..
+        } => {
+            if *replace {
+                writer.delete_term(Term::from_field_u64(f.id, message.id.0));
+            }
             writer.add_document(document(f, message))?;
         }
         IndexOp::Delete { id, .. } => {

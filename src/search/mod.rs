@@ -101,8 +101,18 @@ fn body_of(m: &Message) -> String {
 
 /// A change for the index, in commit order.
 pub(crate) enum IndexOp {
-    Upsert { seq: u64, message: Box<Message> },
-    Delete { seq: u64, id: Id },
+    /// `replace`: the message may be in the index already (an edit), so its old document is
+    /// deleted first. New messages skip that: every delete is checked against every segment
+    /// at the next commit, which under load cost more than the indexing itself.
+    Upsert {
+        seq: u64,
+        message: Box<Message>,
+        replace: bool,
+    },
+    Delete {
+        seq: u64,
+        id: Id,
+    },
 }
 
 impl IndexOp {
@@ -212,11 +222,20 @@ impl Search {
         Ok(n)
     }
 
-    /// Notes a committed change for indexing. Called from store completions (one thread, in
+    /// Notes a new message for indexing. Called from store completions (one thread, in
     /// commit order); never blocks: a full queue drops the change and the indexer replays
     /// from storage instead.
-    pub fn note_message(&self, seq: Id, message: &Message) {
-        let op = if message.deleted_at.is_some() {
+    pub fn note_new_message(&self, message: &Message) {
+        self.note(IndexOp::Upsert {
+            seq: message.id.0,
+            message: Box::new(message.clone()),
+            replace: false,
+        });
+    }
+
+    /// Notes an edit or a deletion (change number `seq`), like `note_new_message`.
+    pub fn note_changed_message(&self, seq: Id, message: &Message) {
+        self.note(if message.deleted_at.is_some() {
             IndexOp::Delete {
                 seq: seq.0,
                 id: message.id,
@@ -225,8 +244,12 @@ impl Search {
             IndexOp::Upsert {
                 seq: seq.0,
                 message: Box::new(message.clone()),
+                replace: true,
             }
-        };
+        });
+    }
+
+    fn note(&self, op: IndexOp) {
         let i = &self.inner;
         let n = i.noted.fetch_add(1, Ordering::Relaxed) + 1;
         i.metrics.search_lag.set(self.lag());

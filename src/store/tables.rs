@@ -44,8 +44,7 @@ pub const META_LAST_ID: &str = "last_id";
 
 /// Creates missing tables, checks the schema version, and returns (node id, last issued id).
 pub fn init(db: &Database, configured_node: Option<u16>) -> Result<(u16, Id), StoreError> {
-    let mut txn = db.begin_write()?;
-    txn.set_quick_repair(true);
+    let txn = db.begin_write()?;
     let (node, last) = {
         let mut meta = txn.open_table(META)?;
         txn.open_table(MESSAGES)?;
