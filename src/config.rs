@@ -206,12 +206,14 @@ impl Default for RateLimits {
 #[serde(default)]
 pub struct PresenceConfig {
     pub offline_grace_secs: u64,
+    pub push_max_room_members: usize,
 }
 
 impl Default for PresenceConfig {
     fn default() -> Self {
         Self {
             offline_grace_secs: 5,
+            push_max_room_members: 1000,
         }
     }
 }
@@ -581,6 +583,12 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     if raw.search.commit_interval_ms == 0 {
         return Err(invalid("search.commit_interval_ms", "must be at least 1"));
+    }
+    if raw.presence.push_max_room_members < 2 {
+        return Err(invalid(
+            "presence.push_max_room_members",
+            "must be at least 2 (a DM has two members)",
+        ));
     }
     if raw.search.writer_idle_close_secs == 0 {
         return Err(invalid(

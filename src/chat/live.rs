@@ -98,7 +98,9 @@ impl Hub {
         }
     }
 
-    /// Tells every user who shares a room with `user` (never `user` themself).
+    /// Tells every user who shares a room with `user` (never `user` themself), in rooms up to
+    /// `presence.push_max_room_members`: beyond that, a reconnect wave would cost members²
+    /// frames, and clients ask `list_members` instead.
     fn announce_presence(&self, user: &UserId, status: &'static str, last_seen: Option<u64>) {
         let frame = protocol::event(
             "presence",
@@ -111,7 +113,9 @@ impl Hub {
         let st = self.state.read();
         let mut peers: HashSet<&UserId> = HashSet::new();
         for room in st.user_rooms.get(user).into_iter().flatten() {
-            if let Some(r) = st.rooms.get(room) {
+            if let Some(r) = st.rooms.get(room)
+                && r.members.len() <= self.presence_cfg.push_max_room_members
+            {
                 peers.extend(r.members.keys().filter(|u| *u != user));
             }
         }

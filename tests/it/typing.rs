@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::support::{Client, Server};
+use crate::support::{Client, Options, Server};
 
 /// docs/protocol.md: without a refresh the server sends `stop` by itself after 5 s.
 const TYPING_EXPIRY: Duration = Duration::from_secs(5);
@@ -213,4 +213,58 @@ async fn a_non_member_gets_neither_typing_nor_presence() {
         "dave shares no room with them and must get none of their presence or typing: {:?}",
         r.dave.buffered_events()
     );
+}
+
+/// Presence is pushed only through rooms of at most `presence.push_max_room_members` members:
+/// with the limit at 3, bob (who shares only a 4-member room with carol) hears nothing when
+/// carol comes back, erin (who shares a 2-member room with her) does, and bob still sees her
+/// status in `list_members`.
+#[tokio::test]
+async fn presence_is_not_pushed_through_rooms_over_the_size_limit() {
+    let server = Server::start_with(Options::env(&[(
+        "CONFAB_PRESENCE__PUSH_MAX_ROOM_MEMBERS",
+        "3",
+    )]));
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    let mut erin = server.connect("erin").await;
+    let carol = server.connect("carol").await;
+    let big = alice.create_room("big", "private").await;
+    for u in ["bob", "carol", "dave"] {
+        alice.invite(&big, u).await;
+    }
+    let small = erin.create_room("small", "private").await;
+    erin.invite(&small, "carol").await;
+    for c in [&mut bob, &mut erin] {
+        c.ping().await;
+    }
+
+    carol.close().await;
+    let ev = erin
+        .next_event_where("presence", |d| d["user_id"] == "carol")
+        .await;
+    assert_eq!(ev["status"], "offline", "{ev}");
+    let _carol = server.connect("carol").await;
+    let ev = erin
+        .next_event_where("presence", |d| d["user_id"] == "carol")
+        .await;
+    assert_eq!(ev["status"], "online", "{ev}");
+
+    bob.ping().await;
+    let heard: Vec<_> = bob
+        .buffered("presence")
+        .into_iter()
+        .filter(|d| d["user_id"] == "carol")
+        .collect();
+    assert!(
+        heard.is_empty(),
+        "bob shares only a room over the limit with carol: no presence pushed, got {heard:?}"
+    );
+    let members = bob.ok("list_members", json!({"room_id": big})).await;
+    let carol_row = members["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["user_id"] == "carol"))
+        .cloned()
+        .unwrap_or_else(|| panic!("carol in list_members: {members}"));
+    assert_eq!(carol_row["presence"], "online", "{carol_row}");
 }
