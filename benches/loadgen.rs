@@ -1,6 +1,7 @@
 //! confab-loadgen: a black-box WebSocket load generator for Confab (fan-out, latency, memory).
 //!
-//! It sets up users and rooms over REST, opens N WebSocket connections, has K of them send
+//! It sets up users and rooms over REST (Confab only; `--peer ceiling|socketio` drive the
+//! comparison servers, which need no setup), opens N WebSocket connections, has K of them send
 //! `send_message` at a fixed rate (or as fast as a bounded in-flight window allows) with the send
 //! time embedded in the content, and has every connection measure send→receipt latency from the
 //! `receive_message` frames it gets. It checks that every acked message reaches every member of
@@ -26,12 +27,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::api::{Api, Minter};
-use crate::conn::{ReaderCtx, ReaderOut, SenderCfg, SenderOut, Target, Writer};
+use crate::conn::{Peer, ReaderCtx, ReaderOut, SenderCfg, SenderOut, Target, Window, Writer};
 use crate::stats::Shared;
 
 /// Load generator for the Confab chat server (a black-box WebSocket client).
@@ -41,6 +42,9 @@ struct Args {
     /// Server base URL (http only).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// The server: Confab, the bare ceiling server (confab-ceiling), or a Socket.IO v4 server.
+    #[arg(long, value_enum, default_value_t = Peer::Confab)]
+    peer: Peer,
     /// WebSocket connections to open (one user each).
     #[arg(long, default_value_t = 1000)]
     connections: usize,
@@ -68,10 +72,10 @@ struct Args {
     /// Open and authenticate the connections, measure memory, send nothing.
     #[arg(long)]
     idle: bool,
-    /// Mint tokens locally with the HS256 secret in DATA_DIR/jwt-secret.
+    /// Mint tokens locally with the HS256 secret in DATA_DIR/jwt-secret (Confab only).
     #[arg(long, value_name = "DATA_DIR", conflicts_with = "register")]
     tokens_from: Option<PathBuf>,
-    /// Register users over REST (the default).
+    /// Register users over REST (the default; Confab only).
     #[arg(long)]
     register: bool,
     /// Also print the result as one line of JSON (last line of stdout).
@@ -124,7 +128,7 @@ macro_rules! info {
 struct Conn {
     writer: Writer,
     reader: JoinHandle<ReaderOut>,
-    in_flight: Option<Arc<Semaphore>>,
+    in_flight: Option<Arc<Window>>,
 }
 
 /// Runs the whole scenario; `Ok(false)` when the run completed but found loss or failures.
@@ -161,64 +165,37 @@ async fn run(args: Args) -> Result<bool> {
     let senders_in_room: Vec<usize> = (0..r)
         .map(|j| if j < k { (k - j).div_ceil(r) } else { 0 })
         .collect();
+    let peer = args.peer;
     info!(
-        "run {run_id}: {n} connections, {r} rooms, {k} senders, server {}",
+        "run {run_id}: {n} connections, {r} rooms, {k} senders, {peer:?} server {}",
         args.url
     );
+    if peer != Peer::Confab {
+        if args.server_pid.is_none() {
+            info!("warning: without --server-pid there is no memory or server CPU figure");
+        }
+        if args.tokens_from.is_some() || args.register {
+            info!("note: --tokens-from and --register are for Confab; ignored");
+        }
+    }
 
-    // Users and tokens.
-    let t = Instant::now();
-    let api = Api::new(&base, conc, Duration::from_secs(30));
-    let usernames: Vec<String> = (0..n).map(|i| format!("lg{run_id}u{i}")).collect();
-    let tokens: Vec<String> = if let Some(dir) = &args.tokens_from {
-        let minter = Minter::from_data_dir(dir, Duration::from_secs(24 * 3600))?;
-        usernames
-            .iter()
-            .map(|u| minter.token(u))
-            .collect::<Result<_>>()?
+    let (tokens, room_ids, tokens_s, rooms_s) = if peer == Peer::Confab {
+        confab_setup(&args, &base, &run_id).await?
     } else {
-        let api = api.clone();
-        let names = Arc::new(usernames.clone());
-        bounded("register user", n, conc, setup_timeout, move |i| {
-            let api = api.clone();
-            let names = names.clone();
-            async move { api.register(&names[i]).await }
-        })
-        .await?
+        // No accounts, no REST: connection i names its room, `r<i % rooms>`, when it connects.
+        (
+            Vec::new(),
+            (0..r).map(|j| format!("r{j}")).collect(),
+            0.0,
+            0.0,
+        )
     };
     let tokens = Arc::new(tokens);
-    let tokens_s = t.elapsed().as_secs_f64();
-    info!("tokens for {n} users in {tokens_s:.2} s");
-
-    // Rooms: connection j < r creates room j; the others join room i % r.
-    let t = Instant::now();
-    let room_ids = {
-        let (api, tokens, run_id) = (api.clone(), tokens.clone(), run_id.clone());
-        bounded("create room", r, conc, setup_timeout, move |j| {
-            let (api, tokens) = (api.clone(), tokens.clone());
-            let name = format!("lg {run_id} room {j}");
-            async move { api.create_room(&tokens[j], &name).await }
-        })
-        .await?
-    };
-    let room_ids = Arc::new(room_ids);
-    {
-        let (api, tokens, room_ids) = (api.clone(), tokens.clone(), room_ids.clone());
-        bounded("join room", n - r, conc, setup_timeout, move |t| {
-            let (api, tokens, room_ids) = (api.clone(), tokens.clone(), room_ids.clone());
-            let i = t + r;
-            async move { api.join_room(&tokens[i], &room_ids[i % r]).await }
-        })
-        .await?;
-    }
-    drop(api);
-    let rooms_s = t.elapsed().as_secs_f64();
-    info!("{r} rooms created and joined in {rooms_s:.2} s");
 
     // Memory before: REST connections closed, nothing open.
     let metrics_api = Api::new(&base, 0, Duration::from_secs(10));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mem_before = read_memory(&metrics_api, args.server_pid).await;
+    let mem_before = read_memory(&metrics_api, args.server_pid, peer).await;
 
     // Connections.
     let shared = Arc::new(Shared::new(r));
@@ -238,27 +215,38 @@ async fn run(args: Args) -> Result<bool> {
             let senders_in_room = senders_in_room.clone();
             let stop = stop_rx.clone();
             async move {
-                let (reader, writer) =
-                    tokio::time::timeout(connect_timeout, conn::connect(&target, &tokens[i]))
-                        .await
-                        .map_err(|_| {
-                            anyhow!("no upgrade and hello within {connect_timeout:?}")
-                        })??;
-                let sem = (i < k).then(|| Arc::new(Semaphore::new(in_flight)));
+                let path = match peer {
+                    Peer::Confab => format!("/ws?token={}", tokens[i]),
+                    Peer::Ceiling => format!("/ws?user={i}&room=r{}", i % r),
+                    Peer::Socketio => {
+                        format!(
+                            "/socket.io/?EIO=4&transport=websocket&user={i}&room=r{}",
+                            i % r
+                        )
+                    }
+                };
+                let (reader, writer) = tokio::time::timeout(
+                    connect_timeout,
+                    conn::connect(&target, &path, peer, shared.base),
+                )
+                .await
+                .map_err(|_| anyhow!("no upgrade and hello within {connect_timeout:?}"))??;
+                let window = (i < k).then(|| Arc::new(Window::new(in_flight)));
                 let ctx = ReaderCtx {
                     conn: i,
+                    peer,
                     room: i % r,
                     rooms: r,
                     senders_in_room: senders_in_room[i % r],
                     shared,
-                    in_flight: sem.clone(),
+                    in_flight: window.clone(),
                     stop,
                 };
                 let reader = tokio::spawn(conn::read_loop(ctx, reader, writer.clone()));
                 Ok(Conn {
                     writer,
                     reader,
-                    in_flight: sem,
+                    in_flight: window,
                 })
             }
         })
@@ -268,7 +256,7 @@ async fn run(args: Args) -> Result<bool> {
     info!("{n} connections open (hello received) in {connect_s:.2} s");
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mem_after = read_memory(&metrics_api, args.server_pid).await;
+    let mem_after = read_memory(&metrics_api, args.server_pid, peer).await;
     let memory = MemoryReport::new(&mem_before, &mem_after, n);
     let dropped_while_idle: u64 = shared.disconnects.lock().values().sum();
 
@@ -306,6 +294,7 @@ async fn run(args: Args) -> Result<bool> {
                 Duration::ZERO
             };
             let cfg = SenderCfg {
+                peer,
                 k: s,
                 room_id: room_ids[s % r].clone(),
                 run_id: format!("lg{run_id}"),
@@ -389,7 +378,7 @@ async fn run(args: Args) -> Result<bool> {
     }
     let closers: Vec<_> = writers
         .into_iter()
-        .map(|w| tokio::spawn(async move { conn::close(&w).await }))
+        .map(|w| tokio::spawn(async move { conn::close(&w, peer).await }))
         .collect();
     for c in closers {
         let _ = c.await;
@@ -420,6 +409,67 @@ async fn run(args: Args) -> Result<bool> {
         println!("{}", serde_json::to_string(&report)?);
     }
     Ok(report.ok)
+}
+
+/// Confab's REST setup: a token per user, room j created by connection j, the others joined.
+/// Returns the tokens, the room ids and the seconds each phase took.
+async fn confab_setup(
+    args: &Args,
+    base: &str,
+    run_id: &str,
+) -> Result<(Vec<String>, Vec<String>, f64, f64)> {
+    let (n, r, conc) = (args.connections, args.rooms, args.setup_concurrency);
+    let setup_timeout = Duration::from_secs(args.setup_timeout);
+    let t = Instant::now();
+    let api = Api::new(base, conc, Duration::from_secs(30));
+    let usernames: Vec<String> = (0..n).map(|i| format!("lg{run_id}u{i}")).collect();
+    let tokens: Vec<String> = if let Some(dir) = &args.tokens_from {
+        let minter = Minter::from_data_dir(dir, Duration::from_secs(24 * 3600))?;
+        usernames
+            .iter()
+            .map(|u| minter.token(u))
+            .collect::<Result<_>>()?
+    } else {
+        let api = api.clone();
+        let names = Arc::new(usernames.clone());
+        bounded("register user", n, conc, setup_timeout, move |i| {
+            let api = api.clone();
+            let names = names.clone();
+            async move { api.register(&names[i]).await }
+        })
+        .await?
+    };
+    let tokens = Arc::new(tokens);
+    let tokens_s = t.elapsed().as_secs_f64();
+    info!("tokens for {n} users in {tokens_s:.2} s");
+
+    // Rooms: connection j < r creates room j; the others join room i % r.
+    let t = Instant::now();
+    let room_ids = {
+        let (api, tokens, run_id) = (api.clone(), tokens.clone(), run_id.to_owned());
+        bounded("create room", r, conc, setup_timeout, move |j| {
+            let (api, tokens) = (api.clone(), tokens.clone());
+            let name = format!("lg {run_id} room {j}");
+            async move { api.create_room(&tokens[j], &name).await }
+        })
+        .await?
+    };
+    let room_ids = Arc::new(room_ids);
+    {
+        let (api, tokens, room_ids) = (api.clone(), tokens.clone(), room_ids.clone());
+        bounded("join room", n - r, conc, setup_timeout, move |t| {
+            let (api, tokens, room_ids) = (api.clone(), tokens.clone(), room_ids.clone());
+            let i = t + r;
+            async move { api.join_room(&tokens[i], &room_ids[i % r]).await }
+        })
+        .await?;
+    }
+    drop(api);
+    let rooms_s = t.elapsed().as_secs_f64();
+    info!("{r} rooms created and joined in {rooms_s:.2} s");
+    let tokens = Arc::try_unwrap(tokens).unwrap_or_else(|t| (*t).clone());
+    let room_ids = Arc::try_unwrap(room_ids).unwrap_or_else(|ids| (*ids).clone());
+    Ok((tokens, room_ids, tokens_s, rooms_s))
 }
 
 /// Runs `f(0..n)` with at most `concurrency` in flight, failing on the first error or when the
@@ -581,9 +631,12 @@ struct Memory {
     vmrss: Option<u64>,
 }
 
-async fn read_memory(api: &Api, pid: Option<u32>) -> Memory {
+/// Resident memory from `/metrics` and from VmRSS (`--server-pid`). Only Confab must have
+/// `/metrics`: for the other peers its absence is normal and VmRSS is the figure.
+async fn read_memory(api: &Api, pid: Option<u32>, peer: Peer) -> Memory {
     let metrics = match api.resident_memory().await {
         Ok(Some(v)) => Some(v),
+        _ if peer != Peer::Confab => None,
         Ok(None) => {
             info!("warning: /metrics has no process_resident_memory_bytes");
             None
@@ -669,6 +722,8 @@ impl Latency {
 #[derive(Serialize)]
 struct Report {
     run_id: String,
+    /// The server driven: `confab`, `ceiling` or `socketio`.
+    peer: Peer,
     url: String,
     mode: &'static str,
     connections: usize,
@@ -790,6 +845,7 @@ fn build_report(inp: ReportInput<'_>) -> Report {
         && inp.drained;
     Report {
         run_id: inp.run_id,
+        peer: args.peer,
         url: args.url.clone(),
         mode: if args.idle { "idle" } else { "load" },
         connections: n,
@@ -871,8 +927,8 @@ fn fmt_mem(before: Option<u64>, after: Option<u64>, per: Option<f64>) -> Option<
 fn print_human(r: &Report) {
     let row = |k: &str, v: String| println!("  {k:<22} {v}");
     println!(
-        "confab-loadgen run {} against {} ({})",
-        r.run_id, r.url, r.mode
+        "confab-loadgen run {} against {:?} at {} ({})",
+        r.run_id, r.peer, r.url, r.mode
     );
     row(
         "connections",
@@ -971,22 +1027,27 @@ fn print_human(r: &Report) {
         row("readers lost", r.readers_lost.to_string());
     }
     let m = &r.memory;
-    row(
-        "server memory",
-        fmt_mem(
-            m.metrics_before_bytes,
-            m.metrics_after_bytes,
-            m.per_connection_bytes,
-        )
-        .map(|s| format!("{s} (/metrics)"))
-        .unwrap_or_else(|| "n/a (/metrics)".into()),
-    );
-    if let Some(s) = fmt_mem(
+    let vmrss = fmt_mem(
         m.vmrss_before_bytes,
         m.vmrss_after_bytes,
         m.vmrss_per_connection_bytes,
-    ) {
-        row("", format!("{s} (VmRSS)"));
+    );
+    let metrics = fmt_mem(
+        m.metrics_before_bytes,
+        m.metrics_after_bytes,
+        m.per_connection_bytes,
+    );
+    // Confab always has /metrics; the other peers may not, and then VmRSS is the figure.
+    let mut label = "server memory";
+    if metrics.is_some() || r.peer == Peer::Confab {
+        let s = metrics.unwrap_or_else(|| "n/a".into());
+        row(label, format!("{s} (/metrics)"));
+        label = "";
+    }
+    match vmrss {
+        Some(s) => row(label, format!("{s} (VmRSS)")),
+        None if !label.is_empty() => row(label, "n/a (no /metrics; pass --server-pid)".into()),
+        None => {}
     }
     row(
         "result",

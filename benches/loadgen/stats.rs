@@ -205,16 +205,49 @@ pub fn string_after<'a>(hay: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
 /// Parses leading ASCII digits; `None` if there are none or they overflow.
 #[inline]
 pub fn parse_u64(s: &[u8]) -> Option<(u64, usize)> {
-    let mut v: u64 = 0;
-    let mut n = 0;
-    for &b in s {
-        if !b.is_ascii_digit() {
-            break;
-        }
+    // Up to 19 digits cannot overflow, so no checked (128-bit) multiply there, and eight at a
+    // time where they are: ids have 18 digits and send times 10 or more, several per delivery.
+    let (mut v, mut n) = (0u64, 0);
+    while n + 8 <= 19
+        && let Some(d) = s.get(n..n + 8).and_then(eight_digits)
+    {
+        v = v * 100_000_000 + d;
+        n += 8;
+    }
+    while n < 19
+        && let Some(&b) = s.get(n)
+        && b.is_ascii_digit()
+    {
+        v = v * 10 + u64::from(b - b'0');
+        n += 1;
+    }
+    while let Some(&b) = s.get(n)
+        && b.is_ascii_digit()
+    {
         v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
         n += 1;
     }
     (n > 0).then_some((v, n))
+}
+
+/// The value of eight ASCII digits, or `None` if they are not all digits (SWAR: the pairs,
+/// then the quads, each in one multiply).
+#[inline]
+fn eight_digits(b: &[u8]) -> Option<u64> {
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    let x = u64::from_le_bytes(b.try_into().ok()?);
+    // Every byte 0x30..=0x39: high nibble 3, and adding 6 keeps it 3.
+    if x & HIGH != ZEROS || x.wrapping_add(0x0606_0606_0606_0606) & HIGH != ZEROS {
+        return None;
+    }
+    let v = x - ZEROS;
+    let v = v.wrapping_mul(10).wrapping_add(v >> 8);
+    const PAIRS: u64 = 0x0000_00FF_0000_00FF;
+    let v = (v & PAIRS)
+        .wrapping_mul(100 + (1_000_000 << 32))
+        .wrapping_add(((v >> 16) & PAIRS).wrapping_mul(1 + (10_000 << 32)));
+    Some(v >> 32)
 }
 
 /// What the content marker (`lg|<sender>|<seq>|<send ns>|`, then padding) carries.
@@ -291,6 +324,38 @@ mod tests {
             Some(2)
         );
         assert_eq!(find(b"aab", b"ab"), Some(1));
+        assert_eq!(parse_u64(b"18446744073709551615x"), Some((u64::MAX, 20)));
+        assert_eq!(parse_u64(b"18446744073709551616"), None);
+        assert_eq!(
+            parse_u64(b"1234567890123456789|"),
+            Some((1234567890123456789, 19))
+        );
+        assert_eq!(parse_u64(b"007,"), Some((7, 3)));
+        assert_eq!(parse_u64(b"x1"), None);
+        for n in [
+            0u64,
+            7,
+            12345678,
+            99999999,
+            100000000,
+            1764316800123456789,
+            u64::MAX / 3,
+        ] {
+            for tail in ["", "|", "\"", "12345678901234567890123"] {
+                let text = format!("{n}{tail}");
+                let want = text[..]
+                    .bytes()
+                    .take_while(u8::is_ascii_digit)
+                    .try_fold(0u64, |v, b| {
+                        v.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+                    });
+                let len = text.bytes().take_while(u8::is_ascii_digit).count();
+                assert_eq!(parse_u64(text.as_bytes()), want.map(|v| (v, len)), "{text}");
+            }
+        }
+        assert_eq!(eight_digits(b"1234567/"), None);
+        assert_eq!(eight_digits(b"12:45678"), None);
+        assert_eq!(eight_digits(b"00000001"), Some(1));
         let mut b = Bits::default();
         assert!(b.set(130));
         assert!(!b.set(130));
