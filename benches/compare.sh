@@ -75,25 +75,14 @@ drop_server() { SERVERS=$(printf '%s\n' $SERVERS | { grep -vx "$1" || true; } | 
 command -v python3 >/dev/null || { echo "compare.sh needs python3 (for the JSON → Markdown step)" >&2; exit 1; }
 command -v timeout >/dev/null || { echo "compare.sh needs timeout (coreutils)" >&2; exit 1; }
 
-# Open files: one per connection on each side, plus slack. Go as far as the hard limit allows.
-hard=$(ulimit -Hn)
-if [ "$hard" = unlimited ]; then
-    ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null || true
-else
-    ulimit -n "$hard" 2>/dev/null || true
-fi
-echo "open-file limit: $(ulimit -n)"
-
-# Pinning: only when taskset exists and the CPUs do. Everything on the server side (the server,
-# PostgreSQL, Redis) shares SERVER_CPU; the generator has LOADGEN_CPU.
-pin_server=() pin_loadgen=()
+# Open-file limit, pinning (pin_server / pin_loadgen), Confab's rate-limit overrides. Everything
+# on the server side (the server, PostgreSQL, Redis) shares SERVER_CPU; the generator has
+# LOADGEN_CPU.
+# shellcheck source=benches/common/bench-env.sh
+source benches/common/bench-env.sh
 PINNING="none (taskset missing or too few CPUs)"
-if command -v taskset >/dev/null && [ "$(nproc)" -gt "$(( SERVER_CPU > LOADGEN_CPU ? SERVER_CPU : LOADGEN_CPU ))" ]; then
-    pin_server=(taskset -c "$SERVER_CPU")
-    pin_loadgen=(taskset -c "$LOADGEN_CPU")
+if [ "$PINNED" = 1 ]; then
     PINNING="server side (server, PostgreSQL, Redis) on CPU $SERVER_CPU (\`taskset -c $SERVER_CPU\`), load generator on CPU $LOADGEN_CPU (\`taskset -c $LOADGEN_CPU\`)"
-else
-    echo "warning: not pinning (taskset missing or too few CPUs); figures will be noisier" >&2
 fi
 
 if [ "$BUILD" != 0 ]; then cargo build --release; fi
@@ -243,14 +232,6 @@ reset_pg() {
           .then(() => c.query("CHECKPOINT"))
           .then(() => c.end(), (e) => { console.error(e.message); process.exit(1); });' "$PG_URL")
 }
-
-# The load generator is one client IP opening thousands of connections and a handful of
-# senders at machine speed: lift Confab's per-human rate limits for the benchmark (they are
-# measured, not bypassed: the buckets are still checked on every message).
-export CONFAB_RATE_LIMITS__MESSAGES_PER_SEC=1000000 CONFAB_RATE_LIMITS__MESSAGES_BURST=1000000 \
-    CONFAB_RATE_LIMITS__USER_MESSAGES_PER_SEC=1000000 CONFAB_RATE_LIMITS__USER_MESSAGES_BURST=1000000 \
-    CONFAB_RATE_LIMITS__JOINS_PER_SEC=1000000 CONFAB_RATE_LIMITS__JOINS_BURST=1000000 \
-    CONFAB_RATE_LIMITS__CONNECTS_PER_SEC_PER_IP=1000000 CONFAB_RATE_LIMITS__CONNECTS_BURST_PER_IP=1000000
 
 # Starts a fresh server; sets SERVER_PID, SERVER_LOG, URL (and DATA_DIR for Confab).
 # Returns non-zero (with SERVER_LOG holding why) when it does not come up.

@@ -731,16 +731,7 @@ mod tests {
 
     #[test]
     fn send_frame_shape() {
-        let cfg = SenderCfg {
-            peer: Peer::Confab,
-            k: 4,
-            room_id: "77".into(),
-            run_id: "lgab".into(),
-            size: 40,
-            period: None,
-            first_at: Instant::now(),
-            end_at: Instant::now(),
-        };
+        let cfg = cfg(Peer::Confab);
         let mut buf = Vec::new();
         build_send(&mut buf, &cfg, 9, 123);
         let v: serde_json::Value = serde_json::from_slice(&buf).expect("valid JSON");

@@ -37,17 +37,7 @@ export function clearSession() {
   }
 }
 
-/** The token's `exp` in ms, or null. */
-export function tokenExpiry(token) {
-  try {
-    const part = token.split(".")[1];
-    const b64 = part.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(part.length / 4) * 4, "=");
-    const json = JSON.parse(atob(b64));
-    return Number.isFinite(json.exp) ? json.exp * 1000 : null;
-  } catch {
-    return null;
-  }
-}
+export { tokenExpiry } from "/sdk/token.js";
 
 const base = () => location.origin;
 

@@ -6,6 +6,7 @@ import { Emitter } from "./emitter.js";
 import { ConfabError } from "./errors.js";
 import { compareIds, idAtTime, isId, maxId, previousId, toId } from "./ids.js";
 import { normalizeBaseUrl, requestJson, uploadRaw, webSocketUrl } from "./http.js";
+import { tokenExpiry } from "./token.js";
 
 export const SDK_VERSION = "1.0.0";
 
@@ -57,17 +58,6 @@ function uuid() {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
-/** The `exp` claim of a JWT in milliseconds, or null (the signature is not checked here). */
-function tokenExpiry(token) {
-  try {
-    const part = token.split(".")[1];
-    const b64 = part.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(part.length / 4) * 4, "=");
-    const json = JSON.parse(atob(b64));
-    return Number.isFinite(json.exp) ? json.exp * 1000 : null;
-  } catch {
-    return null;
-  }
-}
 
 function byteLength(s) {
   return typeof TextEncoder === "function" ? new TextEncoder().encode(s).length : s.length * 3;
