@@ -265,9 +265,17 @@ struct RoomEvent<'a> {
     room: &'a RoomInfo,
 }
 
+/// `receive_message`: the stored JSON of the message.
 #[derive(Serialize)]
 struct MessageEvent<'a> {
-    message: &'a Message,
+    message: &'a serde_json::value::RawValue,
+}
+
+/// A `SendAck` on the wire, with the stored JSON of the message.
+#[derive(Serialize)]
+struct SendAckFrame<'a> {
+    message: &'a serde_json::value::RawValue,
+    duplicate: bool,
 }
 
 impl Hub {
@@ -702,21 +710,24 @@ impl Hub {
     }
 
     fn complete_send(&self, res: Result<WriteOutput, ChatError>, reply: Reply) {
-        let ack = match res {
-            Ok(WriteOutput::Appended { message, duplicate }) => Ok(SendAck { message, duplicate }),
-            Ok(_) => Err(ChatError::Unavailable("unexpected storage answer")),
-            Err(e) => Err(e),
+        let (ack, json) = match res {
+            Ok(WriteOutput::Appended {
+                message,
+                json,
+                duplicate,
+            }) => (Ok(SendAck { message, duplicate }), Some(json)),
+            Ok(_) => (
+                Err(ChatError::Unavailable("unexpected storage answer")),
+                None,
+            ),
+            Err(e) => (Err(e), None),
         };
-        let fanout = match &ack {
-            Ok(a) if !a.duplicate => Some((
+        // The stored JSON is spliced into both frames: the message is serialized once.
+        let fanout = match (&ack, &json) {
+            (Ok(a), Some(json)) if !a.duplicate => Some((
                 a.message.room_id,
                 a.message.id,
-                protocol::event(
-                    "receive_message",
-                    &MessageEvent {
-                        message: &a.message,
-                    },
-                ),
+                protocol::event("receive_message", &MessageEvent { message: json }),
             )),
             _ => None,
         };
@@ -729,9 +740,16 @@ impl Hub {
         // The sender hears the ack before its own copy of the broadcast.
         match reply {
             Reply::Socket { outbox, reference } => {
-                let frame = match &ack {
-                    Ok(a) => protocol::ack(reference.as_deref(), a),
-                    Err(e) => protocol::error(reference.as_deref(), &self.wire_error(e)),
+                let frame = match (&ack, &json) {
+                    (Ok(a), Some(json)) => protocol::ack(
+                        reference.as_deref(),
+                        &SendAckFrame {
+                            message: json,
+                            duplicate: a.duplicate,
+                        },
+                    ),
+                    (Ok(a), None) => protocol::ack(reference.as_deref(), a),
+                    (Err(e), _) => protocol::error(reference.as_deref(), &self.wire_error(e)),
                 };
                 outbox.push(frame);
             }

@@ -642,6 +642,14 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Like `encode`, as a JSON value that can be embedded in other JSON without serializing the
+/// record again.
+pub(crate) fn encode_raw<T: serde::Serialize>(
+    value: &T,
+) -> Result<Box<serde_json::value::RawValue>, StoreError> {
+    serde_json::value::to_raw_value(value).map_err(|e| StoreError::Io(std::io::Error::other(e)))
+}
+
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Our records have only string keys: serializing them cannot fail.
     serde_json::to_vec(value).unwrap_or_default()

@@ -1,7 +1,7 @@
 //! The group-commit writer: one thread, one redb transaction per drained batch of writes.
 
 use super::tables::*;
-use super::{Completion, StoreError, decode, encode};
+use super::{Completion, StoreError, decode, encode, encode_raw};
 use crate::metrics::Metrics;
 use crate::model::{
     Account, Blob, ChangeKind, Dimensions, FileRef, Id, IdGenerator, Invite, Member, Message,
@@ -9,6 +9,7 @@ use crate::model::{
     UserId, Visibility, now_ms,
 };
 use redb::{Database, ReadableTable, Table, WriteTransaction};
+use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
@@ -134,6 +135,9 @@ pub struct ReceiptUpdate {
 pub enum WriteOutput {
     Appended {
         message: Message,
+        /// The message's JSON exactly as stored, which is also its wire form: serialized once,
+        /// then copied into the ack and the broadcast as is.
+        json: Box<RawValue>,
         duplicate: bool,
     },
     /// An edit or delete, with the `seq` it got in the room's change log.
@@ -406,6 +410,7 @@ fn apply(
                     None => return Err(StoreError::NotFound),
                 };
                 return Ok(WriteOutput::Appended {
+                    json: encode_raw(&original)?,
                     message: original,
                     duplicate: true,
                 });
@@ -439,14 +444,15 @@ fn apply(
                 deleted_at: None,
                 file,
             };
-            t.messages
-                .insert((room.0, id.0), encode(&message).as_slice())?;
+            let json = encode_raw(&message)?;
+            t.messages.insert((room.0, id.0), json.get().as_bytes())?;
             t.dedup.insert(
                 (&*message.sender_id, message.client_msg_id.as_str()),
                 (room.0, id.0),
             )?;
             Ok(WriteOutput::Appended {
                 message,
+                json,
                 duplicate: false,
             })
         }
