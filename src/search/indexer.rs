@@ -5,6 +5,7 @@
 use super::{Fields, IndexOp, Search, SearchError, body_of};
 use crate::model::{ChangeKind, Id, Message};
 use crate::store::Store;
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -293,14 +294,21 @@ fn apply(writer: &Writer, f: Fields, op: &IndexOp) -> Result<(), SearchError> {
             message, replace, ..
         } => {
             if *replace {
-                writer.delete_term(Term::from_field_u64(f.id, message.id.0));
+                delete_id(writer, f, message.id)?;
             }
             writer.add_document(document(f, message))?;
         }
-        IndexOp::Delete { id, .. } => {
-            writer.delete_term(Term::from_field_u64(f.id, id.0));
-        }
+        IndexOp::Delete { id, .. } => delete_id(writer, f, *id)?,
     }
+    Ok(())
+}
+
+/// Deletes a message's document: a range of one on the id column (segments whose ids lie
+/// elsewhere are skipped by their column's bounds).
+fn delete_id(writer: &Writer, f: Fields, id: Id) -> Result<(), SearchError> {
+    let term = Term::from_field_u64(f.id, id.0);
+    let one = tantivy::query::RangeQuery::new(Bound::Included(term.clone()), Bound::Included(term));
+    writer.delete_query(Box::new(one))?;
     Ok(())
 }
 
