@@ -260,6 +260,8 @@ pub struct SearchConfig {
     pub commit_interval_ms: u64,
     pub writer_memory_bytes: usize,
     pub writer_idle_close_secs: u64,
+    /// Nice value (0–19) of the indexer and the tantivy threads it starts.
+    pub indexer_nice: i32,
 }
 
 impl Default for SearchConfig {
@@ -268,6 +270,7 @@ impl Default for SearchConfig {
             commit_interval_ms: 500,
             writer_memory_bytes: 32 * 1024 * 1024,
             writer_idle_close_secs: 30,
+            indexer_nice: 10,
         }
     }
 }
@@ -590,6 +593,9 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
             "must be at least 2 (a DM has two members)",
         ));
     }
+    if !(0..=19).contains(&raw.search.indexer_nice) {
+        return Err(invalid("search.indexer_nice", "must be from 0 to 19"));
+    }
     if raw.search.writer_idle_close_secs == 0 {
         return Err(invalid(
             "search.writer_idle_close_secs",
@@ -653,6 +659,21 @@ mod tests {
         let c = resolve(RawConfig::default()).expect("defaults are valid");
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.storage.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn indexer_nice_is_a_nice_value_we_may_set_ourselves() {
+        for (nice, ok) in [(0, true), (19, true), (20, false), (-1, false)] {
+            let mut raw = RawConfig::default();
+            raw.search.indexer_nice = nice;
+            match resolve(raw) {
+                Ok(_) => assert!(ok, "nice {nice} accepted"),
+                Err(e) => {
+                    assert!(!ok, "nice {nice} refused: {e}");
+                    assert!(e.to_string().contains("search.indexer_nice"), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

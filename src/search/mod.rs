@@ -195,9 +195,14 @@ impl Search {
         search.publish_size();
         let worker = search.clone();
         let interval = std::time::Duration::from_millis(cfg.commit_interval_ms);
+        let nice = cfg.indexer_nice;
         std::thread::Builder::new()
             .name("confab-indexer".into())
-            .spawn(move || indexer::run(worker, store, writer, rx, watermark, interval))?;
+            .spawn(move || {
+                // Before the writer exists: tantivy's threads inherit it from this one.
+                lower_thread_priority(nice);
+                indexer::run(worker, store, writer, rx, watermark, interval)
+            })?;
         Ok(search)
     }
 
@@ -291,6 +296,25 @@ impl Search {
     pub fn snippet(&self, terms: &query::Terms, message: &Message) -> (String, Vec<[usize; 2]>) {
         query::snippet(terms, self.inner.fields.body, &body_of(message))
     }
+}
+
+/// Gives the calling thread (and the threads it starts later) the nice value `nice`, so that
+/// under CPU contention indexing yields to chat traffic. Raising one's own nice value needs no
+/// privilege; on failure indexing just keeps the normal priority.
+fn lower_thread_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // On Linux a thread id names one thread here, not the whole process.
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
+            tracing::warn!(nice, error = %e, "could not lower the indexer's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// One indexing thread and one merge thread: an appliance's index is small, and the cores

@@ -1716,3 +1716,63 @@ async fn the_index_writer_closes_when_idle_and_reopens_for_new_messages() {
         "the writer's threads are back while it indexes"
     );
 }
+
+/// Indexing is background work: the indexer and the tantivy threads it starts run at
+/// `search.indexer_nice` (10 by default), the chat threads at the normal priority, so a
+/// saturated CPU serves chat traffic first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_threads_run_at_a_lower_priority_than_chat() {
+    let server = Server::start();
+    let (token, mut alice) = user(&server, "alice").await;
+    let room = alice.create_room("nice", "private").await;
+    let said = alice.say(&room, "a gently prioritised albatross").await;
+    search_until(
+        &server,
+        &token,
+        &q("albatross"),
+        Instant::now(),
+        "a message to open the index writer",
+        |a| has(a, &said),
+    )
+    .await;
+    // (thread name, nice) of every thread of the server, from /proc/<pid>/task/<tid>/stat:
+    // the name is between the first '(' and the last ')'; nice is the 19th field.
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", server.pid())).expect("task dir") {
+        let path = task.expect("a task").path().join("stat");
+        let Ok(stat) = std::fs::read_to_string(&path) else {
+            continue; // the thread ended meanwhile
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            panic!("unexpected stat line {stat:?}");
+        };
+        let name = stat[open + 1..close].to_string();
+        let nice: i32 = stat[close + 1..]
+            .split_whitespace()
+            .nth(16)
+            .and_then(|v| v.parse().ok())
+            .expect("a nice field");
+        threads.push((name, nice));
+    }
+    let nice_of = |prefix: &str| -> Vec<i32> {
+        threads
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    assert_eq!(nice_of("confab-indexer"), vec![10], "threads: {threads:?}");
+    let mut tantivy = nice_of("thrd-tantivy");
+    tantivy.extend(nice_of("merge_thread"));
+    assert!(
+        !tantivy.is_empty() && tantivy.iter().all(|&v| v == 10),
+        "tantivy's indexing threads inherit the indexer's priority: {threads:?}"
+    );
+    let workers = nice_of("tokio-rt-worker");
+    assert!(
+        !workers.is_empty() && workers.iter().all(|&v| v == 0),
+        "chat threads keep the normal priority: {threads:?}"
+    );
+    // Thread names are cut to 15 bytes.
+    assert_eq!(nice_of("confab-store-wr"), vec![0], "threads: {threads:?}");
+}
