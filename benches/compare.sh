@@ -16,7 +16,7 @@
 #   SCENARIOS      which scenarios, in order (default "fanout latency bigroom one-to-one idle")
 #   DURATION       measured seconds per run (default 10)
 #   WARMUP         warmup seconds per run (default 2)
-#   FANOUT_LADDER  in-flight windows the fan-out scenario tries, largest first (default "32 16 8 4 2 1")
+#   FANOUT_LADDER  in-flight windows the fan-out scenario tries, largest first (default "128 64 32 16 8 4 2 1")
 #   PG             0 to skip the PostgreSQL variants (default 1; skipped with a warning when the
 #                  PostgreSQL binaries are missing)
 #   PG_BIN         where initdb, pg_ctl and postgres are (default: the directory of `initdb` on PATH)
@@ -48,7 +48,7 @@ SERVERS=${SERVERS:-"confab socketio socketio-pg ceiling"}
 SCENARIOS=${SCENARIOS:-"fanout latency bigroom one-to-one idle"}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
-FANOUT_LADDER=${FANOUT_LADDER:-"32 16 8 4 2 1"}
+FANOUT_LADDER=${FANOUT_LADDER:-"128 64 32 16 8 4 2 1"}
 PG=${PG:-1}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
