@@ -173,8 +173,28 @@ fn encode<T: Serialize>(event: &str, reference: Option<&str>, data: &T) -> Bytes
         reference,
         data,
     };
-    // Serializing our own types into a Vec cannot fail (no maps with non-string keys).
-    Bytes::from(serde_json::to_vec(&frame).unwrap_or_default())
+    // Serialized into a per-thread scratch buffer, then copied once into a frame of exactly its
+    // size: one allocation per frame instead of a Vec regrown from 128 bytes as it fills.
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| {
+        let Ok(mut buf) = cell.try_borrow_mut() else {
+            // Only if a Serialize impl ever encoded a frame itself: no scratch then.
+            return Bytes::from(serde_json::to_vec(&frame).unwrap_or_default());
+        };
+        buf.clear();
+        // Serializing our own types cannot fail (no maps with non-string keys).
+        if serde_json::to_writer(&mut *buf, &frame).is_err() {
+            buf.clear();
+        }
+        let out = Bytes::copy_from_slice(&buf);
+        if buf.capacity() > 64 * 1024 {
+            // A large page of history: don't keep its buffer for every later small frame.
+            *buf = Vec::new();
+        }
+        out
+    })
 }
 
 /// A pushed event (`receive_message`, `member_joined`, ...), serialized once for all recipients.
