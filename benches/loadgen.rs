@@ -297,7 +297,6 @@ async fn run(args: Args) -> Result<bool> {
                 peer,
                 k: s,
                 room_id: room_ids[s % r].clone(),
-                run_id: format!("lg{run_id}"),
                 size: args.size,
                 period,
                 first_at: start + offset,

@@ -596,8 +596,6 @@ pub struct SenderCfg {
     /// Global connection index (also the sender id in the content marker).
     pub k: usize,
     pub room_id: String,
-    /// Prefix of `client_msg_id`s (the run id).
-    pub run_id: String,
     /// Content size in bytes (at least the marker).
     pub size: usize,
     /// Time between sends; `None` sends as fast as the in-flight bound allows.
@@ -682,17 +680,22 @@ pub async fn send_loop(
 /// `42<seq>["send_message",{…}]` (an event with ack id `seq`).
 fn build_send(buf: &mut Vec<u8>, cfg: &SenderCfg, seq: u64, now_ns: u64) {
     buf.clear();
-    let (room, run, k) = (&cfg.room_id, &cfg.run_id, cfg.k);
+    let (room, k) = (&cfg.room_id, cfg.k);
     let _ = match cfg.peer {
         Peer::Confab | Peer::Ceiling => write!(
             buf,
-            r#"{{"event":"send_message","ref":"{seq}","data":{{"room_id":"{room}","client_msg_id":"{run}-{k}-{seq}","type":"text","content":""#
+            r#"{{"event":"send_message","ref":"{seq}","data":{{"room_id":"{room}","client_msg_id":""#
         ),
         Peer::Socketio => write!(
             buf,
-            r#"42{seq}["send_message",{{"room_id":"{room}","client_msg_id":"{run}-{k}-{seq}","type":"text","content":""#
+            r#"42{seq}["send_message",{{"room_id":"{room}","client_msg_id":""#
         ),
     };
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    write_uuid_v7(buf, unix_ms, rand::random());
+    buf.extend_from_slice(br#"","type":"text","content":""#);
     let start = buf.len();
     let _ = write!(buf, "lg|{k}|{seq}|{now_ns}|");
     let pad = cfg.size.saturating_sub(buf.len() - start);
@@ -701,6 +704,21 @@ fn build_send(buf: &mut Vec<u8>, cfg: &SenderCfg, seq: u64, now_ns: u64) {
         Peer::Confab | Peer::Ceiling => b"\"}}",
         Peer::Socketio => b"\"}]",
     });
+}
+
+/// A UUIDv7 (RFC 9562: 48 bits of Unix milliseconds, version, variant, random bits), as the
+/// SDK makes its `client_msg_id`s: unique across runs, and time-ordered like a real client's.
+fn write_uuid_v7(buf: &mut Vec<u8>, unix_ms: u64, random: u128) {
+    let ms = unix_ms & 0xffff_ffff_ffff;
+    let _ = write!(
+        buf,
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        ms >> 16,
+        ms & 0xffff,
+        0x7000 | (random as u16 & 0x0fff),
+        0x8000 | ((random >> 16) as u16 & 0x3fff),
+        (random >> 32) as u64 & 0xffff_ffff_ffff,
+    );
 }
 
 /// Resolves `host:port` once.
@@ -721,12 +739,36 @@ mod tests {
             peer,
             k: 4,
             room_id: "77".into(),
-            run_id: "lgab".into(),
             size: 40,
             period: None,
             first_at: Instant::now(),
             end_at: Instant::now(),
         }
+    }
+
+    fn assert_uuid_v7(id: &str) {
+        let b = id.as_bytes();
+        assert_eq!(b.len(), 36, "{id}");
+        assert!([8, 13, 18, 23].iter().all(|&i| b[i] == b'-'), "{id}");
+        assert_eq!(b[14], b'7', "version 7: {id}");
+        assert!(b"89ab".contains(&b[19]), "RFC 9562 variant: {id}");
+    }
+
+    #[test]
+    fn uuid_v7_is_time_ordered_and_carries_the_milliseconds() {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        write_uuid_v7(&mut a, 1_764_288_000_000, u128::MAX);
+        write_uuid_v7(&mut b, 1_764_288_000_001, 0);
+        let (a, b) = (
+            String::from_utf8(a).expect("utf8"),
+            String::from_utf8(b).expect("utf8"),
+        );
+        assert_uuid_v7(&a);
+        assert_uuid_v7(&b);
+        assert!(a < b, "a later millisecond sorts later: {a} {b}");
+        // 2025-11-28T00:00:00Z in milliseconds, 0x19ac7c27000, in the first 48 bits.
+        assert_eq!(&a[..13], "019ac7c2-7000", "{a}");
     }
 
     #[test]
@@ -739,7 +781,7 @@ mod tests {
         assert_eq!(content.len(), 40);
         assert!(content.starts_with("lg|4|9|123|x"));
         assert_eq!(v["ref"], "9");
-        assert_eq!(v["data"]["client_msg_id"], "lgab-4-9");
+        assert_uuid_v7(v["data"]["client_msg_id"].as_str().expect("client_msg_id"));
         let m = parse_marker(&buf).expect("marker");
         assert_eq!((m.sender, m.seq, m.sent_ns), (4, 9, 123));
     }
@@ -753,7 +795,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(json).expect("valid JSON");
         assert_eq!(v[0], "send_message");
         assert_eq!(v[1]["room_id"], "77");
-        assert_eq!(v[1]["client_msg_id"], "lgab-4-9");
+        assert_uuid_v7(v[1]["client_msg_id"].as_str().expect("client_msg_id"));
         assert_eq!(v[1]["content"].as_str().map(str::len), Some(40));
     }
 

@@ -5,7 +5,7 @@ use crate::model::Id;
 use redb::{Database, ReadableTable, TableDefinition};
 
 /// Bump when a table's layout changes, and add a migration in `init`.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Small named values: schema version, node id, last issued id.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -14,8 +14,12 @@ pub const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("m
 /// (room, seq) → (message id, ChangeKind code): edits and deletes, for catch-up. New messages
 /// need no row: their seq is their id, found in MESSAGES.
 pub const CHANGES: TableDefinition<(u64, u64), (u64, u8)> = TableDefinition::new("changes");
-/// (sender, client_msg_id) → (room, message id): idempotent sends.
-pub const DEDUP: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("dedup");
+/// (client_msg_id, sender) → (room, message id): idempotent sends. The client's id leads so
+/// that time-ordered ids (UUIDv7, as the SDK makes) append at the end of the tree: keyed by
+/// sender first, every message dirtied a leaf of its own somewhere in the table (schema 2).
+pub const DEDUP: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("client_ids");
+/// Schema 1's (sender, client_msg_id) → (room, message id), migrated into `DEDUP`.
+const DEDUP_V1: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("dedup");
 /// room id → Room JSON.
 pub const ROOMS: TableDefinition<u64, &[u8]> = TableDefinition::new("rooms");
 /// (room, user) → Member JSON.
@@ -71,6 +75,11 @@ pub fn init(db: &Database, configured_node: Option<u16>) -> Result<(u16, Id), St
                     supported: SCHEMA_VERSION,
                 });
             }
+            Some(1) => {
+                let moved = migrate_dedup_v1(&txn)?;
+                meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
+                tracing::info!(entries = moved, "storage schema 1 -> 2: send ids re-keyed");
+            }
             Some(_) => {}
         }
         let stored_node = meta.get(META_NODE)?.map(|v| v.value() as u16);
@@ -85,4 +94,69 @@ pub fn init(db: &Database, configured_node: Option<u16>) -> Result<(u16, Id), St
     };
     txn.commit()?;
     Ok((node, last))
+}
+
+/// Schema 1 → 2: moves every idempotency entry from (sender, client_msg_id) to
+/// (client_msg_id, sender), in the caller's transaction. Returns how many moved.
+fn migrate_dedup_v1(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    let mut moved = 0u64;
+    {
+        let old = txn.open_table(DEDUP_V1)?;
+        let mut new = txn.open_table(DEDUP)?;
+        for entry in old.iter()? {
+            let (k, v) = entry?;
+            let (sender, client_msg_id) = k.value();
+            new.insert((client_msg_id, sender), v.value())?;
+            moved += 1;
+        }
+    }
+    txn.delete_table(DEDUP_V1)?;
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+
+    #[test]
+    fn schema_1_send_ids_are_rekeyed_client_id_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Database::create(dir.path().join("v1.redb")).expect("db");
+        {
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert(META_SCHEMA, 1).expect("schema 1");
+                let mut old = txn.open_table(DEDUP_V1).expect("old dedup");
+                old.insert(("alice", "c-1"), (7, 70)).expect("entry");
+                old.insert(("bob", "c-1"), (8, 80)).expect("entry");
+            }
+            txn.commit().expect("commit");
+        }
+        init(&db, Some(1)).expect("init migrates");
+        let txn = db.begin_read().expect("read");
+        let meta = txn.open_table(META).expect("meta");
+        assert_eq!(
+            meta.get(META_SCHEMA).expect("get").map(|v| v.value()),
+            Some(SCHEMA_VERSION)
+        );
+        let new = txn.open_table(DEDUP).expect("new dedup");
+        assert_eq!(
+            new.get(("c-1", "alice")).expect("get").map(|v| v.value()),
+            Some((7, 70))
+        );
+        assert_eq!(
+            new.get(("c-1", "bob")).expect("get").map(|v| v.value()),
+            Some((8, 80))
+        );
+        assert_eq!(new.len().expect("len"), 2);
+        assert!(
+            txn.open_table(DEDUP_V1).is_err(),
+            "the schema 1 table is gone"
+        );
+        drop((meta, new, txn));
+        // A second open finds schema 2 and changes nothing.
+        init(&db, Some(1)).expect("init again");
+    }
 }

@@ -403,7 +403,7 @@ fn apply(
             content,
             file,
         } => {
-            if let Some(v) = t.dedup.get((&*sender, client_msg_id.as_str()))? {
+            if let Some(v) = t.dedup.get((client_msg_id.as_str(), &*sender))? {
                 let (r, id) = v.value();
                 let original: Message = match t.messages.get((r, id))? {
                     Some(m) => decode("messages", m.value())?,
@@ -447,7 +447,7 @@ fn apply(
             let json = encode_raw(&message)?;
             t.messages.insert((room.0, id.0), json.get().as_bytes())?;
             t.dedup.insert(
-                (&*message.sender_id, message.client_msg_id.as_str()),
+                (message.client_msg_id.as_str(), &*message.sender_id),
                 (room.0, id.0),
             )?;
             Ok(WriteOutput::Appended {

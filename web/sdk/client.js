@@ -46,13 +46,22 @@ const TRANSIENT = new Set(["timeout", "unavailable", "internal", "rate_limited"]
 const OPEN = 1;
 const CLOSE_LOCAL = 4000; // our own close code (drops, keepalive failures, reconnect())
 
-function uuid() {
+/**
+ * A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits. Time-ordered ids append
+ * at the end of the server's idempotency index instead of landing in a random page of it.
+ */
+export function uuidv7(now = Date.now()) {
   const c = globalThis.crypto;
-  if (c && typeof c.randomUUID === "function") return c.randomUUID();
   const b = new Uint8Array(16);
   if (c && typeof c.getRandomValues === "function") c.getRandomValues(b);
   else for (let i = 0; i < 16; i++) b[i] = Math.floor(Math.random() * 256);
-  b[6] = (b[6] & 0x0f) | 0x40;
+  // Bytes 0-5: the milliseconds, big-endian (division, not shifts: JS shifts are 32-bit).
+  let ms = Math.max(0, Math.floor(now));
+  for (let i = 5; i >= 0; i--) {
+    b[i] = ms % 256;
+    ms = Math.floor(ms / 256);
+  }
+  b[6] = (b[6] & 0x0f) | 0x70;
   b[8] = (b[8] & 0x3f) | 0x80;
   const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
@@ -429,7 +438,7 @@ export class ConfabClient {
     let item;
     try {
       item = {
-        client_msg_id: opts.clientMsgId ?? uuid(),
+        client_msg_id: opts.clientMsgId ?? uuidv7(),
         room_id: toId(roomId),
         type,
         content: content == null ? "" : String(content),

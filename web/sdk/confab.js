@@ -6,7 +6,7 @@
 //   client.on("message", ({ kind, message }) => render(kind, message));
 //   await client.sendMessage(roomId, "hello");
 
-export { ConfabClient, SDK_VERSION } from "./client.js";
+export { ConfabClient, SDK_VERSION, uuidv7 } from "./client.js";
 export { ConfabError, CLIENT_ERROR_CODES } from "./errors.js";
 export {
   ID_EPOCH_MS, compareIds, maxId, isId, toId, idAtTime, timeOfId, previousId, nextId,

@@ -24,7 +24,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 
-import { ConfabClient, ConfabError, compareIds, idAtTime, timeOfId } from "../confab.js";
+import { ConfabClient, ConfabError, compareIds, idAtTime, timeOfId, uuidv7 } from "../confab.js";
 
 const execFileP = promisify(execFile);
 const BIN = process.env.CONFAB_BIN || fileURLToPath(new URL("../../../target/release/confab", import.meta.url));
@@ -761,3 +761,15 @@ function defineTests() {
     assert.equal(timeOfId(idAtTime(t)), t);
   });
 }
+
+test("client_msg_ids are UUIDv7: the milliseconds first, so later ids sort later", () => {
+  const a = uuidv7(1764288000000);
+  const b = uuidv7(1764288000001);
+  for (const id of [a, b]) {
+    assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  }
+  // 2025-11-28T00:00:00Z = 0x19ac7c27000 ms in the first 48 bits.
+  assert.equal(a.slice(0, 13), "019ac7c2-7000");
+  assert.ok(a < b, `${a} < ${b}`);
+  assert.notEqual(uuidv7(1764288000000), uuidv7(1764288000000), "random bits differ");
+});
