@@ -508,6 +508,36 @@ for scenario in $SCENARIOS; do
 done
 ELAPSED=$(( $(date +%s) - START ))
 
+# The disk's own flush latency, where the data directories live: the floor under the latency of
+# any server that makes a message durable before delivering it (5 random 4 KiB page writes and
+# one fdatasync, 2,000 times at about 200/s, as in the latency scenario).
+DISK_FSYNC=
+case " $SCENARIOS " in *" latency "*)
+    sync
+    DISK_FSYNC=$(python3 - "$WORK" <<'PY' || true
+import os, random, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+try:
+    os.write(fd, b"\0" * (16 << 20))
+    os.fsync(fd)
+    page, lat = os.urandom(4096), []
+    for _ in range(2000):
+        t = time.perf_counter()
+        for _ in range(5):
+            os.pwrite(fd, page, random.randrange(4096) * 4096)
+        os.fdatasync(fd)
+        lat.append((time.perf_counter() - t) * 1000)
+        time.sleep(0.004)
+finally:
+    os.close(fd)
+    os.unlink(path)
+lat.sort()
+print(" ".join(f"{lat[int(q * len(lat))]:.2f}" for q in (0.5, 0.99, 0.999)))
+PY
+    ) ;;
+esac
+
 # The header's facts.
 ver() { "$@" 2>/dev/null | head -n1 || true; }
 SIO_VERSION=$(node -p 'require("./'"$SIO_DIR"'/node_modules/socket.io/package.json").version' 2>/dev/null || true)
@@ -522,7 +552,7 @@ export C_DATE="$DATE" C_COMMAND="$COMMAND" C_PINNING="$PINNING" C_ELAPSED="$ELAP
     C_KERNEL="$(uname -r)" C_RAM="$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)" \
     C_RUSTC="$(ver rustc --version)" C_NODE="$(ver node --version)" C_SIO="$SIO_VERSION" \
     C_PG="$PG_VERSION" C_REDIS="$REDIS_VERSION" \
-    C_COMMIT="$COMMIT" \
+    C_COMMIT="$COMMIT" C_DISK_FSYNC="$DISK_FSYNC" \
     C_FS="$(df -T "$WORK" 2>/dev/null | awk 'NR == 2 { print $2 }')" \
     C_RAW="$RAW_DIR"
 
@@ -694,6 +724,12 @@ w("- **Servers:** " + ". ".join(desc[s] for s in columns) + ". Each run gets a f
   "(and an empty data directory or table).")
 if E["C_NOTES"].strip("; "):
     w(f"- **Skipped:** {E['C_NOTES'].strip('; ')}")
+if E.get("C_DISK_FSYNC", "").strip():
+    p50, p99, p999 = E["C_DISK_FSYNC"].split()
+    w(f"- **Disk:** `fdatasync` after 5 random 4 KiB page writes, 2,000 times at about 200/s, in the "
+      f"directory the servers store into: p50 {p50} ms, p99 {p99} ms, p999 {p999} ms. A server "
+      "that makes each message durable before delivering it cannot deliver faster than that; "
+      "the ceiling stores nothing.")
 w("")
 heads = [names[s] for s in columns]
 has_sio = "socketio" in columns
