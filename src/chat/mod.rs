@@ -258,6 +258,9 @@ pub struct Hub {
     next_conn: AtomicU64,
     /// Connections still catching up (not in `conns` yet), so shutdown reaches them too.
     catching_up: parking_lot::Mutex<HashMap<u64, Arc<Outbox>>>,
+    /// New messages' `receive_message` frames of the batch being completed, in commit order,
+    /// fanned out per room when the batch ends or before the next effect: see `flush_fanout`.
+    fanout: parking_lot::Mutex<Vec<(Id, Bytes)>>,
 }
 
 #[derive(Serialize)]
@@ -326,7 +329,64 @@ impl Hub {
             conns: RwLock::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             catching_up: parking_lot::Mutex::new(HashMap::new()),
+            fanout: parking_lot::Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Registers the per-batch fan-out with the store's writer (once, after `new`).
+    pub fn start_fanout(self: &Arc<Self>) {
+        let hub = Arc::downgrade(self);
+        self.store.set_after_batch(Box::new(move || {
+            if let Some(hub) = hub.upgrade() {
+                hub.flush_fanout();
+            }
+        }));
+    }
+
+    /// Delivers the new messages held for fan-out: each room's frames go to each of its
+    /// recipients in one push (one lock, one wake-up), instead of one push per message. Runs on
+    /// the writer thread at the end of every batch and before every write effect, so that
+    /// everything the writer thread sends still follows commit order; the lock is held while
+    /// pushing, so flushes never interleave.
+    fn flush_fanout(&self) {
+        self.flush_held(&mut self.fanout.lock());
+    }
+
+    fn flush_held(&self, pending: &mut Vec<(Id, Bytes)>) {
+        if pending.is_empty() {
+            return;
+        }
+        // Stable: each room's frames stay in commit order.
+        pending.sort_by_key(|(room, _)| room.0);
+        let mut at = 0;
+        while at < pending.len() {
+            let room = pending[at].0;
+            let run = pending[at..].iter().take_while(|(r, _)| *r == room).count();
+            let frames: Vec<Bytes> = pending[at..at + run]
+                .iter()
+                .map(|(_, f)| f.clone())
+                .collect();
+            at += run;
+            let recipients = {
+                let state = self.state.read();
+                match state.rooms.get(&room) {
+                    Some(r) => self.recipients(r),
+                    None => continue,
+                }
+            };
+            for ob in recipients.iter() {
+                if ob.push_all(&frames) == Pushed::Overflowed {
+                    self.metrics.slow_consumer_closes.inc();
+                }
+            }
+            self.metrics
+                .deliveries
+                .inc_by((recipients.len() * frames.len()) as u64);
+        }
+        pending.clear();
+        if pending.capacity() > 4096 {
+            *pending = Vec::new();
+        }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -451,11 +511,16 @@ impl Hub {
         if let Err(e) = self.store.write(WriteOp::Barrier).await {
             tracing::warn!(error = %e, "storage did not drain before shutdown");
         }
+        // The barrier completed after every earlier send; `close_all` delivers what is held.
         self.close_all(code, reason);
     }
 
     /// Asks every connection to close after what is already queued.
     pub fn close_all(&self, code: u16, reason: &'static str) {
+        // Held fan-out goes out first, and no send completes (ack and fan-out are queued under
+        // this lock) while connections are being closed: no ack without its broadcast.
+        let mut pending = self.fanout.lock();
+        self.flush_held(&mut pending);
         for ob in self.catching_up.lock().values() {
             ob.close(code, reason);
         }
@@ -606,6 +671,8 @@ impl Hub {
         self.store.submit(
             op,
             Box::new(move |res| {
+                // Earlier messages of this batch reach everyone before this write's effect.
+                hub.flush_fanout();
                 if let Ok(out) = &res {
                     effect(&hub, out);
                 }
@@ -737,7 +804,9 @@ impl Hub {
         {
             self.search.note_new_message(&a.message);
         }
-        // The sender hears the ack before its own copy of the broadcast.
+        // The ack and the held fan-out are queued under one lock, so that `close_all` finds
+        // a send either wholly visible or not at all. The sender hears its ack first.
+        let mut pending = self.fanout.lock();
         match reply {
             Reply::Socket { outbox, reference } => {
                 let frame = match (&ack, &json) {
@@ -763,7 +832,8 @@ impl Hub {
             if let Some(r) = self.state.read().rooms.get(&room) {
                 r.last_message.fetch_max(id.0, Ordering::AcqRel);
             }
-            self.broadcast(room, &frame);
+            // Fanned out with the rest of its batch.
+            pending.push((room, frame));
         }
     }
 

@@ -56,15 +56,7 @@ impl Outbox {
             return Pushed::Closed;
         }
         if q.bytes + frame.len() > self.limit {
-            q.frames.clear();
-            q.bytes = 0;
-            q.close = Some(CloseRequest {
-                code: crate::protocol::close::SLOW_CONSUMER,
-                reason: "slow consumer",
-            });
-            drop(q);
-            self.notify.notify_one();
-            return Pushed::Overflowed;
+            return self.overflow(q);
         }
         q.bytes += frame.len();
         let was_empty = q.frames.is_empty();
@@ -72,6 +64,39 @@ impl Outbox {
         drop(q);
         // One wake-up per batch: the writer drains everything queued since.
         if was_empty {
+            self.notify.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Past the bound: drops the backlog and asks for a `SLOW_CONSUMER` close.
+    fn overflow(&self, mut q: parking_lot::MutexGuard<'_, Queue>) -> Pushed {
+        q.frames.clear();
+        q.bytes = 0;
+        q.close = Some(CloseRequest {
+            code: crate::protocol::close::SLOW_CONSUMER,
+            reason: "slow consumer",
+        });
+        drop(q);
+        self.notify.notify_one();
+        Pushed::Overflowed
+    }
+
+    /// Queues several frames at once (one lock, at most one wake-up), like `push` for each.
+    pub fn push_all(&self, frames: &[Bytes]) -> Pushed {
+        let bytes: usize = frames.iter().map(Bytes::len).sum();
+        let mut q = self.queue.lock();
+        if q.close.is_some() {
+            return Pushed::Closed;
+        }
+        if q.bytes + bytes > self.limit {
+            return self.overflow(q);
+        }
+        q.bytes += bytes;
+        let was_empty = q.frames.is_empty();
+        q.frames.extend_from_slice(frames);
+        drop(q);
+        if was_empty && !frames.is_empty() {
             self.notify.notify_one();
         }
         Pushed::Queued
@@ -129,6 +154,21 @@ mod tests {
             close.map(|c| c.code),
             Some(crate::protocol::close::SLOW_CONSUMER)
         );
+    }
+
+    #[test]
+    fn push_all_queues_in_order_with_one_bound_check() {
+        let ob = Outbox::new(10);
+        let frames = [Bytes::from_static(b"123"), Bytes::from_static(b"4567")];
+        assert_eq!(ob.push_all(&frames), Pushed::Queued);
+        assert_eq!(ob.push_all(&frames), Pushed::Overflowed, "14 bytes > 10");
+        assert_eq!(ob.push_all(&frames), Pushed::Closed);
+        let ob = Outbox::new(10);
+        ob.push_all(&frames);
+        ob.push(Bytes::from_static(b"8"));
+        let mut out = Vec::new();
+        assert!(ob.drain_into(&mut out).is_none());
+        assert_eq!(out, [&b"123"[..], b"4567", b"8"]);
     }
 
     #[test]

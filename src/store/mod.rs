@@ -8,7 +8,7 @@ mod tables;
 pub use tables::SCHEMA_VERSION;
 mod writer;
 
-pub use writer::{Collected, ReceiptUpdate, WriteOp, WriteOutput};
+pub use writer::{AfterBatch, Collected, ReceiptUpdate, WriteOp, WriteOutput};
 
 use crate::metrics::Metrics;
 use crate::model::{
@@ -84,6 +84,7 @@ struct Inner {
     closed: AtomicBool,
     writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     metrics: Arc<Metrics>,
+    after_batch: Arc<std::sync::OnceLock<writer::AfterBatch>>,
 }
 
 /// Most writes waiting for the writer; past this, writes fail fast with `Overloaded`. Counted
@@ -115,6 +116,7 @@ impl Store {
         let db = Arc::new(db);
         let (tx, rx) = std::sync::mpsc::channel();
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let after_batch = Arc::new(std::sync::OnceLock::new());
         let handle = writer::spawn(
             db.clone(),
             rx,
@@ -122,6 +124,7 @@ impl Store {
             crate::model::IdGenerator::new(node_id, last_id),
             max_batch,
             metrics.clone(),
+            after_batch.clone(),
         )?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -133,8 +136,15 @@ impl Store {
                 closed: AtomicBool::new(false),
                 writer: parking_lot::Mutex::new(Some(handle)),
                 metrics,
+                after_batch,
             }),
         })
+    }
+
+    /// Sets what the writer thread runs after the completions of each committed batch (the
+    /// hub's fan-out of the batch's messages). Once: later calls are ignored.
+    pub fn set_after_batch(&self, hook: writer::AfterBatch) {
+        let _ = self.inner.after_batch.set(hook);
     }
 
     /// This node's id, part of every id it makes.

@@ -10,9 +10,9 @@ use crate::model::{
 };
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 use serde_json::value::RawValue;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// A change to durable state. Ids and timestamps are assigned by the writer, so that id order
@@ -186,6 +186,9 @@ pub enum WriteOutput {
     UploadsCollected(Vec<Collected>),
 }
 
+/// Runs on the writer thread after the completions of every batch.
+pub type AfterBatch = Box<dyn Fn() + Send + Sync>;
+
 pub(super) enum Job {
     Write(WriteOp, Completion),
     Stop,
@@ -198,10 +201,11 @@ pub(super) fn spawn(
     ids: IdGenerator,
     max_batch: usize,
     metrics: Arc<Metrics>,
+    after_batch: Arc<OnceLock<AfterBatch>>,
 ) -> Result<std::thread::JoinHandle<()>, StoreError> {
     let handle = std::thread::Builder::new()
         .name("confab-store-writer".into())
-        .spawn(move || run(&db, &rx, &queued, ids, max_batch, &metrics))?;
+        .spawn(move || run(&db, &rx, &queued, ids, max_batch, &metrics, &after_batch))?;
     Ok(handle)
 }
 
@@ -212,6 +216,7 @@ fn run(
     mut ids: IdGenerator,
     max_batch: usize,
     metrics: &Metrics,
+    after_batch: &OnceLock<AfterBatch>,
 ) {
     let mut batch: Vec<(WriteOp, Completion)> = Vec::with_capacity(max_batch);
     let mut stopping = false;
@@ -243,6 +248,9 @@ fn run(
             .observe(started.elapsed().as_secs_f64());
         for (done, result) in dones.into_iter().zip(results) {
             done(result);
+        }
+        if let Some(hook) = after_batch.get() {
+            hook();
         }
     }
     // Drain what raced with the stop: refuse it rather than leave callers waiting.

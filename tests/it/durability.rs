@@ -379,3 +379,53 @@ async fn shutdown_closes_connections_that_are_still_catching_up() {
     let status = server.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "clean exit: {status}");
 }
+
+/// Shutdown drains the fan-out: a message acked before the 1001 close also reached the other
+/// member before it, however the writer's last batches were cut (new messages are fanned out
+/// per batch, after their acks).
+#[tokio::test]
+async fn every_message_acked_before_shutdown_reaches_the_room_before_the_close() {
+    let server = Server::start();
+    let alice_token = server.token("alice", None);
+    let bob_token = server.token("bob", None);
+    let mut alice = Client::connect(&server, &alice_token).await;
+    let mut bob = Client::connect(&server, &bob_token).await;
+    let room = alice.create_room("drain", "public").await;
+    bob.ok("join_room", json!({"room_id": room})).await;
+    for i in 0..300 {
+        alice
+            .send_request(
+                "send_message",
+                json!({"room_id": room, "client_msg_id": format!("drain-{i}"),
+                    "type": "text", "content": format!("pipelined {i}")}),
+            )
+            .await;
+    }
+    server.sigterm();
+    assert_eq!(alice.expect_close(TIMEOUT).await, Some(1001));
+    assert_eq!(bob.expect_close(TIMEOUT).await, Some(1001));
+    let id = |v: &Value| v["message"]["id"].as_str().map(str::to_string);
+    let acked: HashSet<String> = alice
+        .buffered_replies()
+        .iter()
+        .filter(|v| v["event"] == "ack")
+        .filter_map(|v| id(&v["data"]))
+        .collect();
+    let delivered: HashSet<String> = bob
+        .buffered_events()
+        .iter()
+        .filter(|v| v["event"] == "receive_message")
+        .filter_map(|v| id(&v["data"]))
+        .collect();
+    assert!(
+        !acked.is_empty(),
+        "some sends were acked before the shutdown"
+    );
+    let missing: Vec<&String> = acked.difference(&delivered).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acked messages never reached bob before the close: {missing:?}",
+        missing.len(),
+        acked.len()
+    );
+}

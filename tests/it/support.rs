@@ -909,6 +909,11 @@ impl Client {
         &self.events
     }
 
+    /// Every ack and error buffered so far (not yet taken by `reply`).
+    pub fn buffered_replies(&self) -> &VecDeque<Value> {
+        &self.replies
+    }
+
     pub fn clear_events(&mut self) {
         self.events.clear();
     }
