@@ -76,7 +76,10 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    /// Taken and dropped by `close`: redb records a clean shutdown only when the `Database` is
+    /// dropped. Left open at exit, every start repaired the whole file (1M messages: 0.9 s
+    /// and 600 MiB of pages read in).
+    db: parking_lot::RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     node_id: u16,
     queue: std::sync::mpsc::Sender<writer::Job>,
@@ -128,7 +131,7 @@ impl Store {
         )?;
         Ok(Self {
             inner: Arc::new(Inner {
-                db,
+                db: parking_lot::RwLock::new(Some(db)),
                 path,
                 node_id,
                 queue: tx,
@@ -199,13 +202,36 @@ impl Store {
         if let Some(h) = self.inner.writer.lock().take() {
             let _ = h.join();
         }
+        let Some(mut db) = self.inner.db.write().take() else {
+            return;
+        };
+        // Reads still running hold their own reference: give them a moment to finish.
+        for _ in 0..200 {
+            match Arc::try_unwrap(db) {
+                Ok(db) => {
+                    drop(db);
+                    tracing::debug!("storage closed cleanly");
+                    return;
+                }
+                Err(still_shared) => {
+                    db = still_shared;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        }
+        tracing::warn!("storage closed with reads still running; the next start repairs it");
+    }
+
+    /// The open database, for a read; `Closed` once `close` has run.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.inner.db.read().clone().ok_or(StoreError::Closed)
     }
 
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.inner.db.clone();
+        let db = self.db()?;
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
@@ -233,7 +259,7 @@ impl Store {
 
     /// The server settings (administrators, registration mode).
     pub fn server_settings_blocking(&self) -> Result<ServerSettings, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let t = txn.open_table(SETTINGS)?;
         match t.get(SETTINGS_KEY)? {
             Some(v) => decode("settings", v.value()),
@@ -263,7 +289,7 @@ impl Store {
 
     /// Every room id.
     pub fn room_ids_blocking(&self) -> Result<Vec<Id>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let t = txn.open_table(ROOMS)?;
         t.iter()?
             .map(|row| row.map(|(k, _)| Id(k.value())).map_err(StoreError::from))
@@ -278,7 +304,7 @@ impl Store {
         after: Id,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let t = txn.open_table(MESSAGES)?;
         let mut out = Vec::with_capacity(limit.min(4096));
         for row in t.range((room.0, after.0.saturating_add(1))..=(room.0, u64::MAX))? {
@@ -308,7 +334,7 @@ impl Store {
 
     /// Loads what the chat hub keeps in memory: rooms, their members, and users.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let rooms_t = txn.open_table(ROOMS)?;
         let members_t = txn.open_table(MEMBERS)?;
         let mut rooms = Vec::new();
@@ -409,7 +435,7 @@ impl Store {
         limit: usize,
         budget: &mut usize,
     ) -> Result<(Vec<Change>, bool), StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let messages = txn.open_table(MESSAGES)?;
         let changes = txn.open_table(CHANGES)?;
         if since >= upto {
@@ -500,7 +526,7 @@ impl Store {
 
     /// The newest message id of a room (0 if none).
     pub fn last_message_id_blocking(&self, room: Id) -> Result<Id, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let t = txn.open_table(MESSAGES)?;
         let last = t
             .range((room.0, 0)..=(room.0, u64::MAX))?
@@ -576,7 +602,7 @@ impl Store {
 
     /// Every upload and blob, for the file service's counters at start. Blocking.
     pub fn files_snapshot_blocking(&self) -> Result<(Vec<Upload>, Vec<Blob>), StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let uploads = txn
             .open_table(UPLOADS)?
             .iter()?
@@ -663,4 +689,41 @@ pub(crate) fn encode_raw<T: serde::Serialize>(
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Our records have only string keys: serializing them cannot fail.
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// `close` drops the database, so redb records a clean shutdown: the next open repairs
+    /// nothing (a repair reads the whole file: 0.9 s and 600 MiB at 1M messages).
+    #[test]
+    fn a_closed_store_needs_no_repair_at_the_next_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), Some(1), 64, Arc::new(Metrics::new())).expect("open");
+        let reader = store.clone();
+        store
+            .write_blocking(WriteOp::CreateRoom {
+                name: "r".into(),
+                topic: String::new(),
+                visibility: crate::model::Visibility::Public,
+                owner: crate::model::UserId::from("alice"),
+            })
+            .expect("a write");
+        store.close();
+        assert!(
+            matches!(reader.room_ids_blocking(), Err(StoreError::Closed)),
+            "reads after close say Closed"
+        );
+        drop((store, reader));
+        let repaired = Arc::new(AtomicBool::new(false));
+        let flag = repaired.clone();
+        let db = Database::builder()
+            .set_repair_callback(move |_| flag.store(true, Ordering::Relaxed))
+            .create(dir.path().join("confab.redb"))
+            .expect("reopen");
+        drop(db);
+        assert!(!repaired.load(Ordering::Relaxed), "the reopen ran a repair");
+    }
 }
