@@ -65,7 +65,6 @@ impl App {
         let search =
             crate::search::Search::open(data, &config.search, store.clone(), metrics.clone())?;
         let hub = Hub::new(store.clone(), files, search, &config, metrics.clone())?;
-        hub.start_fanout();
         Ok(Self {
             config: Arc::new(config),
             store,

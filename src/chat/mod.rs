@@ -309,7 +309,7 @@ impl Hub {
             state.users.insert(u.id.clone(), u);
         }
         let settings = store.server_settings_blocking()?;
-        Ok(Arc::new(Self {
+        let hub = Arc::new(Self {
             store,
             files,
             search,
@@ -330,11 +330,14 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             catching_up: parking_lot::Mutex::new(HashMap::new()),
             fanout: parking_lot::Mutex::new(Vec::new()),
-        }))
+        });
+        hub.start_fanout();
+        Ok(hub)
     }
 
-    /// Registers the per-batch fan-out with the store's writer (once, after `new`).
-    pub fn start_fanout(self: &Arc<Self>) {
+    /// Registers the per-batch fan-out with the store's writer (by `new`: a hub without it
+    /// would hold new messages until the next write effect).
+    fn start_fanout(self: &Arc<Self>) {
         let hub = Arc::downgrade(self);
         self.store.set_after_batch(Box::new(move || {
             if let Some(hub) = hub.upgrade() {
