@@ -159,15 +159,7 @@ SERVER_PID= DATA_DIR= SERVER_LOG= URL= LOADGEN_PID=
 PG_DIR= PG_PORT= PG_URL= REDIS_PID= REDIS_URL=
 as_pg_user=()
 stop_server() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 100); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    if [ -n "$SERVER_PID" ]; then wait "$SERVER_PID" 2>/dev/null || true; fi
+    stop_pid "$SERVER_PID"
     SERVER_PID=
     if [ -n "$DATA_DIR" ]; then
         rm -rf "$DATA_DIR"

@@ -1,6 +1,7 @@
 # Shared setup for the load scripts (run-load.sh, compare.sh); sourced, not run.
 # Needs SERVER_CPU and LOADGEN_CPU; sets pin_server / pin_loadgen (empty when not pinning) and
 # PINNED (1 or 0), raises the open-file limit, and lifts Confab's per-human rate limits.
+# Defines stop_pid (TERM, a 10 s grace, then KILL).
 
 # Open files: one per connection on each side, plus slack. Go as far as the hard limit allows.
 hard=$(ulimit -Hn)
@@ -29,3 +30,18 @@ export CONFAB_RATE_LIMITS__MESSAGES_PER_SEC=1000000 CONFAB_RATE_LIMITS__MESSAGES
     CONFAB_RATE_LIMITS__USER_MESSAGES_PER_SEC=1000000 CONFAB_RATE_LIMITS__USER_MESSAGES_BURST=1000000 \
     CONFAB_RATE_LIMITS__JOINS_PER_SEC=1000000 CONFAB_RATE_LIMITS__JOINS_BURST=1000000 \
     CONFAB_RATE_LIMITS__CONNECTS_PER_SEC_PER_IP=1000000 CONFAB_RATE_LIMITS__CONNECTS_BURST_PER_IP=1000000
+
+# Stops a process: SIGTERM, up to 10 s to exit, then SIGKILL; reaps it when it is our child.
+stop_pid() {
+    local pid=$1
+    [ -n "$pid" ] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}

@@ -404,19 +404,16 @@ async fn every_message_acked_before_shutdown_reaches_the_room_before_the_close()
     server.sigterm();
     assert_eq!(alice.expect_close(TIMEOUT).await, Some(1001));
     assert_eq!(bob.expect_close(TIMEOUT).await, Some(1001));
-    let id = |v: &Value| v["message"]["id"].as_str().map(str::to_string);
-    let acked: HashSet<String> = alice
-        .buffered_replies()
-        .iter()
-        .filter(|v| v["event"] == "ack")
-        .filter_map(|v| id(&v["data"]))
-        .collect();
-    let delivered: HashSet<String> = bob
-        .buffered_events()
-        .iter()
-        .filter(|v| v["event"] == "receive_message")
-        .filter_map(|v| id(&v["data"]))
-        .collect();
+    // The ids of the messages carried by buffered frames named `event`.
+    let ids = |frames: &std::collections::VecDeque<Value>, event: &str| -> HashSet<String> {
+        frames
+            .iter()
+            .filter(|v| v["event"] == event)
+            .filter_map(|v| v["data"]["message"]["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let acked = ids(alice.buffered_replies(), "ack");
+    let delivered = ids(bob.buffered_events(), "receive_message");
     assert!(
         !acked.is_empty(),
         "some sends were acked before the shutdown"
