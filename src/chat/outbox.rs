@@ -112,6 +112,12 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Wakes the writer without queuing anything, for signals kept beside the queue (a pong to
+    /// send, a close the reader asked for): the writer then waits on this one queue alone.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
     /// Moves every queued frame into `out` and returns a pending close request, if any.
     pub fn drain_into(&self, out: &mut Vec<Bytes>) -> Option<CloseRequest> {
         let mut q = self.queue.lock();

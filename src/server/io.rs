@@ -73,18 +73,36 @@ fn write_some<S: Sink, B: AsRef<[u8]>>(
     frames: &[B],
     skip: usize,
 ) -> io::Result<usize> {
-    let frames = &frames[..frames.len().min(FRAMES_PER_WRITE)];
-    let mut heads = [[0u8; MAX_HEADER]; FRAMES_PER_WRITE];
-    let mut lens = [0usize; FRAMES_PER_WRITE];
+    // Most writes carry one or two frames: stack arrays sized for 64 would be zeroed (3 KiB)
+    // on every write for nothing.
+    if frames.len() <= FEW_FRAMES {
+        write_some_n::<S, B, FEW_FRAMES>(sock, op, frames, skip)
+    } else {
+        write_some_n::<S, B, FRAMES_PER_WRITE>(sock, op, frames, skip)
+    }
+}
+
+/// Frames per write on the small path.
+const FEW_FRAMES: usize = 4;
+
+/// `write_some` with room for `N` frames (`2 * N` slices).
+fn write_some_n<S: Sink, B: AsRef<[u8]>, const N: usize>(
+    sock: &S,
+    op: OpCode,
+    frames: &[B],
+    skip: usize,
+) -> io::Result<usize> {
+    let frames = &frames[..frames.len().min(N)];
+    let mut heads = [[0u8; MAX_HEADER]; N];
+    let mut lens = [0usize; N];
     for (i, f) in frames.iter().enumerate() {
         lens[i] = header(&mut heads[i], op, f.as_ref().len());
     }
-    let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+    let mut slices = [[IoSlice::new(&[]); 2]; N];
     for (i, f) in frames.iter().enumerate() {
-        slices[2 * i] = IoSlice::new(&heads[i][..lens[i]]);
-        slices[2 * i + 1] = IoSlice::new(f.as_ref());
+        slices[i] = [IoSlice::new(&heads[i][..lens[i]]), IoSlice::new(f.as_ref())];
     }
-    let mut slices = &mut slices[..2 * frames.len()];
+    let mut slices = &mut slices.as_flattened_mut()[..2 * frames.len()];
     IoSlice::advance_slices(&mut slices, skip);
     // Empty payloads must not make a zero-length write look like a closed socket.
     while !slices.is_empty() && slices[0].is_empty() {

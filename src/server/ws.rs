@@ -17,10 +17,9 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 const SUBPROTOCOL: &str = "confab";
 
@@ -180,11 +179,14 @@ fn find_token(req: &Request<Incoming>) -> Option<(String, bool)> {
 }
 
 /// What the reader asks the writer to send: a pong, or a close. Shared by the session's two
-/// tasks; lighter than a channel, which matters at tens of thousands of idle connections.
-#[derive(Default)]
+/// tasks; lighter than a channel, which matters at tens of thousands of idle connections. It
+/// wakes the writer through the connection's outbox, so the writer waits on one signal: a
+/// second `Notify` cost every delivery a waiter to register and drop.
 struct Control {
     state: parking_lot::Mutex<ControlState>,
-    notify: Notify,
+    /// Set after `state` changes; lets the writer skip the lock on the usual, frames-only wake.
+    pending: AtomicBool,
+    outbox: Arc<crate::chat::Outbox>,
 }
 
 #[derive(Default)]
@@ -195,26 +197,41 @@ struct ControlState {
 }
 
 impl Control {
+    fn new(outbox: Arc<crate::chat::Outbox>) -> Self {
+        Self {
+            state: parking_lot::Mutex::new(ControlState::default()),
+            pending: AtomicBool::new(false),
+            outbox,
+        }
+    }
+
+    fn signal(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.outbox.wake();
+    }
+
     fn pong(&self, payload: &[u8]) {
         // Only the latest ping needs an answer (RFC 6455 §5.5.3).
         self.state.lock().pong = Some(payload.to_vec());
-        self.notify.notify_one();
+        self.signal();
     }
 
     fn close(&self, code: u16, reason: &'static str) {
-        let mut st = self.state.lock();
-        st.close.get_or_insert((code, reason));
-        drop(st);
-        self.notify.notify_one();
+        self.state.lock().close.get_or_insert((code, reason));
+        self.signal();
     }
 
     fn reader_done(&self) {
         self.state.lock().reader_done = true;
-        self.notify.notify_one();
+        self.signal();
     }
 
-    fn take(&self) -> ControlState {
-        std::mem::take(&mut *self.state.lock())
+    /// What was asked since the last call, if anything was.
+    fn take(&self) -> Option<ControlState> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(std::mem::take(&mut *self.state.lock()))
     }
 }
 
@@ -294,7 +311,7 @@ async fn run_session(
 
     let last_seen = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let control = Arc::new(Control::default());
+    let control = Arc::new(Control::new(conn.outbox.clone()));
     let writer = tokio::spawn(write_loop(
         tx,
         conn.outbox.clone(),
@@ -345,13 +362,28 @@ async fn write_loop<W: wsio::Sink>(
     metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut batch: Vec<Bytes> = Vec::new();
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + t.heartbeat, t.heartbeat);
-    let expiry = tokio::time::sleep(t.expires_in);
-    tokio::pin!(expiry);
+    // One timer for both deadlines (the next ping, the token's expiry): each wake-up polls
+    // every branch of the select, and a second timer cost every delivery a poll.
+    let expires_at = tokio::time::Instant::now()
+        .checked_add(t.expires_in)
+        .unwrap_or_else(far_future);
+    let mut next_ping = tokio::time::Instant::now() + t.heartbeat;
+    let timer = tokio::time::sleep_until(next_ping.min(expires_at));
+    tokio::pin!(timer);
     let mut close: Option<(u16, &'static str)> = None;
     let mut pong: Option<Vec<u8>> = None;
     let mut send_ping = false;
     loop {
+        if let Some(c) = ctrl.take() {
+            if c.pong.is_some() {
+                pong = c.pong;
+            }
+            if let Some(req) = c.close {
+                close.get_or_insert(req);
+            } else if c.reader_done && close.is_none() {
+                return;
+            }
+        }
         let req = outbox.drain_into(&mut batch);
         if let Some(c) = req {
             close = Some((c.code, c.reason));
@@ -384,30 +416,33 @@ async fn write_loop<W: wsio::Sink>(
             let _ = tx.close(code, reason).await;
             return;
         }
+        // Unbiased: a connection that never runs out of frames still gets its pings and expiry.
         tokio::select! {
             _ = outbox.ready() => {}
-            _ = ctrl.notify.notified() => {
-                let c = ctrl.take();
-                if c.pong.is_some() {
-                    pong = c.pong;
-                }
-                if let Some(req) = c.close {
-                    close = Some(req);
-                } else if c.reader_done {
-                    return;
-                }
-            }
-            _ = ping.tick() => {
-                let seen = Duration::from_millis(t.last_seen.load(Ordering::Relaxed));
-                if t.started.elapsed().saturating_sub(seen) > t.idle {
-                    close = Some((close::IDLE_TIMEOUT, "no frames within the idle timeout"));
+            _ = &mut timer => {
+                let now = tokio::time::Instant::now();
+                if now >= expires_at {
+                    close = Some((close::TOKEN_EXPIRED, "token expired"));
                 } else {
-                    send_ping = true;
+                    let seen = Duration::from_millis(t.last_seen.load(Ordering::Relaxed));
+                    if t.started.elapsed().saturating_sub(seen) > t.idle {
+                        close = Some((close::IDLE_TIMEOUT, "no frames within the idle timeout"));
+                    } else {
+                        send_ping = true;
+                    }
+                    // Like an interval that skips missed ticks: the next ping is a whole
+                    // heartbeat after this one was due, never in the past.
+                    next_ping = (next_ping + t.heartbeat).max(now);
+                    timer.as_mut().reset(next_ping.min(expires_at));
                 }
             }
-            _ = &mut expiry => close = Some((close::TOKEN_EXPIRED, "token expired")),
         }
     }
+}
+
+/// Where tokio puts "never": far enough, and safe from overflow.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
 /// Counts the bytes the WebSocket reader pulls from the socket.
