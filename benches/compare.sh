@@ -17,6 +17,8 @@
 #   DURATION       measured seconds per run (default 10)
 #   WARMUP         warmup seconds per run (default 2)
 #   FANOUT_LADDER  in-flight windows the fan-out scenario tries, largest first (default "128 64 32 16 8 4 2 1")
+#   REPEAT         rounds of the latency and big-room scenarios (default 3): the servers take turns
+#                  round by round, and the table shows each server's median run by p99
 #   PG             0 to skip the PostgreSQL variants (default 1; skipped with a warning when the
 #                  PostgreSQL binaries are missing)
 #   PG_BIN         where initdb, pg_ctl and postgres are (default: the directory of `initdb` on PATH)
@@ -33,7 +35,7 @@ cd "$(dirname "$0")/.."
 
 # The command as given, for the header (knobs that were set explicitly, then the script).
 given=()
-for v in SERVERS SCENARIOS DURATION WARMUP FANOUT_LADDER PG PG_BIN RUN_TIMEOUT SERVER_CPU LOADGEN_CPU \
+for v in SERVERS SCENARIOS DURATION WARMUP FANOUT_LADDER REPEAT PG PG_BIN RUN_TIMEOUT SERVER_CPU LOADGEN_CPU \
     RESULTS_DIR LOADGEN_ARGS QUIET_WAIT BUILD; do
     if [ -n "${!v+x}" ]; then
         case ${!v} in
@@ -46,6 +48,7 @@ COMMAND="${given[*]:+${given[*]} }benches/compare.sh"
 
 SERVERS=${SERVERS:-"confab socketio socketio-pg ceiling"}
 SCENARIOS=${SCENARIOS:-"fanout latency bigroom one-to-one idle"}
+REPEAT=${REPEAT:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 FANOUT_LADDER=${FANOUT_LADDER:-"128 64 32 16 8 4 2 1"}
@@ -338,9 +341,9 @@ print(sum(float(m) * 60 + float(s) for m, s in re.findall(r"([0-9]+)m([0-9.]+)s"
 # Appends one record to runs.jsonl: the run's identity, how it ended, and its JSON report if any.
 # Arguments: server scenario in_flight status server_alive started(0/1) out err idle_before other_cpu
 record() {
-    python3 - "$@" "$SERVER_LOG" "$RUN_TIMEOUT" >>"$RUNS" <<'PY'
+    python3 - "$@" "$SERVER_LOG" "$RUN_TIMEOUT" "${ROUND:-}" >>"$RUNS" <<'PY'
 import json, sys
-server, scenario, in_flight, status, alive, started, out, err, idle, other, log, run_timeout = sys.argv[1:13]
+server, scenario, in_flight, status, alive, started, out, err, idle, other, log, run_timeout, rnd = sys.argv[1:14]
 def tail(path, n):
     try:
         with open(path, errors="replace") as f:
@@ -358,6 +361,7 @@ print(json.dumps({
     "server": server,
     "scenario": scenario,
     "in_flight": int(in_flight) if in_flight else None,
+    "round": int(rnd) if rnd else None,
     "status": int(status),
     "timed_out": int(status) in (124, 137),
     "run_timeout_s": int(run_timeout),
@@ -377,14 +381,14 @@ PY
 run_one() {
     local server=$1 scenario=$2 in_flight=$3
     shift 3
-    local tag=$server-$scenario${in_flight:+-if$in_flight}
+    local tag=$server-$scenario${in_flight:+-if$in_flight}${ROUND:+-r$ROUND}
     local out=$RAW_DIR/$tag.txt err=$WORK/$tag.err status=0 alive=0 started=1 idle srv_rc other=
     local t0 t1 m0 m1 o0 o1 c0 c1 pidfile=
     [ -n "$PG_DIR" ] && pidfile=$PG_DIR/data/postmaster.pid
     : >"$out"
     : >"$err"
     echo
-    echo "=== $server / $scenario${in_flight:+ (in-flight $in_flight)} ==="
+    echo "=== $server / $scenario${in_flight:+ (in-flight $in_flight)}${ROUND:+ (round $ROUND of $REPEAT)} ==="
     # The previous run's files (and their removal) are still being written back: flush them
     # now, or this run's fsyncs queue behind them (seen: Confab's latency p999 33.6 ms right
     # after a fan-out run, 5-8 ms otherwise).
@@ -486,16 +490,24 @@ fanout() {
 
 START=$(date +%s)
 # Scenario by scenario, each on every server in turn, so that other work on the machine affects
-# the servers of one scenario alike.
+# the servers of one scenario alike. Latency and the big room are what noise moves most (one
+# run's p99 is a handful of slow moments): they run REPEAT rounds, the servers taking turns.
+ROUND=
 for scenario in $SCENARIOS; do
-    for server in $SERVERS; do
-        case $scenario in
-            fanout) fanout "$server" ;;
-            latency) run_one "$server" latency "" --connections 1000 --rooms 10 --rate 200 ;;
-            bigroom) run_one "$server" bigroom "" --connections 5000 --rooms 1 --rate 20 ;;
-            one-to-one) run_one "$server" one-to-one 1 --connections 2000 --rooms 1000 --rate 0 ;;
-            idle) run_one "$server" idle "" --connections 10000 --rooms 100 --idle ;;
-        esac
+    rounds=1
+    case $scenario in latency | bigroom) rounds=$REPEAT ;; esac
+    for r in $(seq "$rounds"); do
+        [ "$rounds" -gt 1 ] && ROUND=$r
+        for server in $SERVERS; do
+            case $scenario in
+                fanout) fanout "$server" ;;
+                latency) run_one "$server" latency "" --connections 1000 --rooms 10 --rate 200 ;;
+                bigroom) run_one "$server" bigroom "" --connections 5000 --rooms 1 --rate 20 ;;
+                one-to-one) run_one "$server" one-to-one 1 --connections 2000 --rooms 1000 --rate 0 ;;
+                idle) run_one "$server" idle "" --connections 10000 --rooms 100 --idle ;;
+            esac
+        done
+        ROUND=
     done
 done
 ELAPSED=$(( $(date +%s) - START ))
@@ -539,6 +551,7 @@ REDIS_VERSION=
 [ -n "$REDIS_URL" ] && REDIS_VERSION=$(ver redis-server --version)
 export C_DATE="$DATE" C_COMMAND="$COMMAND" C_PINNING="$PINNING" C_ELAPSED="$ELAPSED" \
     C_SERVERS="$SERVERS" C_SCENARIOS="$SCENARIOS" C_DURATION="$DURATION" C_WARMUP="$WARMUP" \
+    C_REPEAT="$REPEAT" \
     C_LADDER="$FANOUT_LADDER" C_NOTES="$PG_NOTE${PG_NOTE:+; }$REDIS_NOTE" \
     C_CPU="$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')" C_CORES="$(nproc)" \
     C_KERNEL="$(uname -r)" C_RAM="$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)" \
@@ -593,7 +606,7 @@ def qualifies(run):
     return bool(r and r.get("ok") and p99 is not None and 0 < p99 < 100)
 
 # The run each (server, scenario) cell comes from.
-pick, fanout_mark = {}, {}
+pick, fanout_mark, spread = {}, {}, {}
 for s in columns:
     for sc in ["fanout", "latency", "bigroom", "one-to-one", "idle"]:
         rs = [r for r in runs if r["server"] == s and r["scenario"] == sc]
@@ -609,6 +622,14 @@ for s in columns:
                 fanout_mark[s] = True
             else:
                 pick[s, sc] = rs[-1]
+        elif sc in ("latency", "bigroom"):
+            # The median run by p99 (the upper one of an even count); runs without a report
+            # only when there is nothing else.
+            good = sorted((r for r in rs if r["report"] is not None and failure(r) is None),
+                          key=lambda r: get(r["report"], "latency", "p99_ms") or float("inf"))
+            pick[s, sc] = good[len(good) // 2] if good else rs[-1]
+            if len(rs) > 1:
+                spread[s, sc] = [get(r["report"], "latency", "p99_ms") for r in good]
         else:
             pick[s, sc] = rs[-1]
 
@@ -782,6 +803,16 @@ if ddagger:
     w("")
     w(f"‡ other work on the machine took more than {BUSY} % of a core during that run (listed below): "
       "the figure is likely worse than this machine can do.")
+if spread:
+    w("")
+    w("Latency and big room: each server ran %s rounds, taking turns; each cell is from the "
+      "server's median run by p99. The p99 of every run, lowest first, in ms:" % E["C_REPEAT"])
+    w("")
+    for sc in ("latency", "bigroom"):
+        parts = [f"{names[s]} " + " / ".join(num(v, "ms") for v in spread[s, sc])
+                 for s in columns if (s, sc) in spread]
+        if parts:
+            w(f"- {'latency' if sc == 'latency' else 'big room'}: " + "; ".join(parts))
 for i, n in enumerate(notes, 1):
     w(f"\n[{i}] {n}")
 
