@@ -18,8 +18,8 @@ struct RawFrame {
     payload: Vec<u8>,
 }
 
-/// A WebSocket client made by hand on a bare TCP socket: it upgrades, then never writes a byte
-/// again, so it answers no ping.
+/// A WebSocket client made by hand on a bare TCP socket: after the upgrade it writes only the
+/// frames a test sends with `send`, so unless told to it answers no ping.
 struct Mute {
     tcp: TcpStream,
     buf: Vec<u8>,
@@ -61,6 +61,16 @@ impl Mute {
         );
         buf.drain(..head_end);
         Mute { tcp, buf }
+    }
+
+    /// Sends one final, masked client frame.
+    async fn send(&mut self, opcode: u8, payload: &[u8]) {
+        assert!(payload.len() < 126, "short frames only");
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.tcp.write_all(&frame).await.expect("send a frame");
     }
 
     /// Reads one frame, or None at EOF (or a reset).
@@ -172,4 +182,50 @@ async fn a_client_that_never_answers_pings_is_closed() {
         alice.ping().await;
     };
     tokio::join!(mute, talker);
+}
+
+/// The reader's requests reach the writer: a client's ping is answered with a pong carrying its
+/// payload (RFC 6455 §5.5.3), and its close with a close of the same code, then the socket ends.
+#[tokio::test]
+async fn a_client_ping_gets_its_pong_and_a_client_close_gets_a_close() {
+    let server = Server::start();
+    let token = server.token("alice", Some("Alice"));
+    let mut client = Mute::connect(&server, &token).await;
+    let deadline = Instant::now() + TIMEOUT;
+
+    client.send(0x9, b"are-you-there-42").await;
+    let pong = loop {
+        match client.frame(deadline).await {
+            None => panic!("the connection ended before the pong"),
+            Some(f) if f.opcode == 0xA => break f,
+            Some(f) => assert_eq!(
+                f.opcode, 0x1,
+                "only text frames come before the pong: {f:?}"
+            ),
+        }
+    };
+    assert_eq!(
+        pong.payload, b"are-you-there-42",
+        "the pong echoes the ping's payload"
+    );
+
+    client.send(0x8, &1000u16.to_be_bytes()).await;
+    let close = loop {
+        match client.frame(deadline).await {
+            None => panic!("the connection ended without a close frame"),
+            Some(f) if f.opcode == 0x8 => break f,
+            Some(_) => {}
+        }
+    };
+    assert!(close.payload.len() >= 2, "the close frame carries a code");
+    assert_eq!(
+        u16::from_be_bytes([close.payload[0], close.payload[1]]),
+        1000,
+        "a normal close is answered with a normal close"
+    );
+    let eof = client.frame(Instant::now() + TIMEOUT).await;
+    assert!(
+        eof.is_none(),
+        "after the close the server drops the socket: {eof:?}"
+    );
 }
