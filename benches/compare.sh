@@ -49,6 +49,9 @@ COMMAND="${given[*]:+${given[*]} }benches/compare.sh"
 SERVERS=${SERVERS:-"confab socketio socketio-pg ceiling"}
 SCENARIOS=${SCENARIOS:-"fanout latency bigroom one-to-one idle"}
 REPEAT=${REPEAT:-3}
+case $REPEAT in
+    '' | *[!0-9]* | 0) echo "REPEAT must be a whole number of rounds, at least 1 (got '$REPEAT')" >&2; exit 2 ;;
+esac
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 FANOUT_LADDER=${FANOUT_LADDER:-"128 64 32 16 8 4 2 1"}
