@@ -2,7 +2,7 @@
 
 use super::StoreError;
 use crate::model::Id;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// Bump when a table's layout changes, and add a migration in `init`.
 pub const SCHEMA_VERSION: u64 = 2;
@@ -45,11 +45,33 @@ pub const SHARES: TableDefinition<(u64, u64, u64), ()> = TableDefinition::new("s
 pub const META_SCHEMA: &str = "schema_version";
 pub const META_NODE: &str = "node_id";
 pub const META_LAST_ID: &str = "last_id";
+/// Sequence number and offset of the next write-ahead log record (see `wal.rs`).
+pub const META_WAL_SEQ: &str = "wal_next_seq";
+pub const META_WAL_POS: &str = "wal_next_pos";
 
-/// Creates missing tables, checks the schema version, and returns (node id, last issued id).
-pub fn init(db: &Database, configured_node: Option<u16>) -> Result<(u16, Id), StoreError> {
+/// Table numbers in write-ahead log records. Never renumber one: a log written by one build
+/// is replayed by the next. A schema change must replay the log before it migrates.
+pub mod wal_table {
+    pub const META: u8 = 1;
+    pub const MESSAGES: u8 = 2;
+    pub const DEDUP: u8 = 3;
+    pub const CHANGES: u8 = 4;
+    pub const ROOMS: u8 = 5;
+    pub const MEMBERS: u8 = 6;
+    pub const DMS: u8 = 7;
+    pub const ACCOUNTS: u8 = 8;
+    pub const USERS: u8 = 9;
+    pub const UPLOADS: u8 = 10;
+    pub const SETTINGS: u8 = 11;
+    pub const INVITES: u8 = 12;
+    pub const BLOBS: u8 = 13;
+    pub const SHARES: u8 = 14;
+}
+
+/// Creates missing tables, checks the schema version, settles the node id, and returns it.
+pub fn init(db: &Database, configured_node: Option<u16>) -> Result<u16, StoreError> {
     let txn = db.begin_write()?;
-    let (node, last) = {
+    let node = {
         let mut meta = txn.open_table(META)?;
         txn.open_table(MESSAGES)?;
         txn.open_table(DEDUP)?;
@@ -89,11 +111,76 @@ pub fn init(db: &Database, configured_node: Option<u16>) -> Result<(u16, Id), St
             (None, None) => rand::random::<u16>() & crate::model::MAX_NODE_ID,
         };
         meta.insert(META_NODE, u64::from(node))?;
-        let last = Id(meta.get(META_LAST_ID)?.map(|v| v.value()).unwrap_or(0));
-        (node, last)
+        if meta.get(META_WAL_SEQ)?.is_none() {
+            // A random start, so that a log left by some other database never lines up
+            // with this one's.
+            meta.insert(META_WAL_SEQ, rand::random::<u64>() >> 1 | 1)?;
+            meta.insert(META_WAL_POS, 0)?;
+        }
+        node
     };
     txn.commit()?;
-    Ok((node, last))
+    Ok(node)
+}
+
+/// The last issued id and where the write-ahead log's next record goes: (seq, offset).
+pub fn positions(db: &Database) -> Result<(Id, u64, u64), StoreError> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let get = |key| -> Result<u64, StoreError> { Ok(meta.get(key)?.map_or(0, |v| v.value())) };
+    Ok((
+        Id(get(META_LAST_ID)?),
+        get(META_WAL_SEQ)?,
+        get(META_WAL_POS)?,
+    ))
+}
+
+/// Applies one replayed change in `txn`. Keys and values are redb's own encodings, as the
+/// writer logged them.
+pub fn apply_logged(
+    txn: &redb::WriteTransaction,
+    change: &super::wal::Change<'_>,
+) -> Result<(), StoreError> {
+    use super::wal::Change;
+    fn apply<K: redb::Key + 'static, V: redb::Value + 'static>(
+        txn: &redb::WriteTransaction,
+        def: TableDefinition<K, V>,
+        change: &Change<'_>,
+    ) -> Result<(), StoreError> {
+        let mut t = txn.open_table(def)?;
+        match *change {
+            Change::Insert { key, value, .. } => {
+                t.insert(K::from_bytes(key), V::from_bytes(value))?;
+            }
+            Change::Remove { key, .. } => {
+                t.remove(K::from_bytes(key))?;
+            }
+        }
+        Ok(())
+    }
+    let table = match *change {
+        Change::Insert { table, .. } | Change::Remove { table, .. } => table,
+    };
+    match table {
+        wal_table::META => apply(txn, META, change),
+        wal_table::MESSAGES => apply(txn, MESSAGES, change),
+        wal_table::DEDUP => apply(txn, DEDUP, change),
+        wal_table::CHANGES => apply(txn, CHANGES, change),
+        wal_table::ROOMS => apply(txn, ROOMS, change),
+        wal_table::MEMBERS => apply(txn, MEMBERS, change),
+        wal_table::DMS => apply(txn, DMS, change),
+        wal_table::ACCOUNTS => apply(txn, ACCOUNTS, change),
+        wal_table::USERS => apply(txn, USERS, change),
+        wal_table::UPLOADS => apply(txn, UPLOADS, change),
+        wal_table::SETTINGS => apply(txn, SETTINGS, change),
+        wal_table::INVITES => apply(txn, INVITES, change),
+        wal_table::BLOBS => apply(txn, BLOBS, change),
+        wal_table::SHARES => apply(txn, SHARES, change),
+        other => Err(StoreError::Corrupt {
+            table: "write-ahead log",
+            message: format!("unknown table number {other}"),
+        }),
+    }
 }
 
 /// Schema 1 → 2: moves every idempotency entry from (sender, client_msg_id) to

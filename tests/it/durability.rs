@@ -152,6 +152,11 @@ async fn acked_messages_survive_kill_9_exactly_once() {
     eprintln!("kill -9 after {acked_total} acks with {unacked_total} sends unanswered");
 
     server.restart();
+    // Writes since the last checkpoint (every 2 s when idle) exist only in the log.
+    eprintln!(
+        "the restart replayed the write-ahead log: {}",
+        server.output().contains("from the write-ahead log")
+    );
     let history = server.full_history(&room, &tokens[0]).await;
     let stored = index_history(&history);
     let lost_acks = logs

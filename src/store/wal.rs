@@ -1,0 +1,493 @@
+//! The write-ahead log: each batch's table changes, appended to `<data>/confab.wal` and
+//! fsynced before the batch's redb transaction commits without an fsync of its own.
+//!
+//! Why: a durable redb commit writes the header and ~10 scattered pages (two tables' leaves
+//! and branches, the table tree, the freed-page list) before its `fdatasync`; one sequential
+//! append is a third of that wait on a virtio disk (p50 0.3 ms against 1.1 ms). redb keeps
+//! the non-durable commits' pages in memory, so a crash returns the database to its last
+//! durable commit (a checkpoint) and the log holds everything after it.
+//!
+//! Records are blind writes (this key now holds these bytes, or nothing), so replaying them
+//! over any state that already has some of them gives the same result. Layout of a record:
+//! `[payload len: u32][crc32 of seq and payload: u32][seq: u64][payload]`, all little-endian;
+//! the payload is a run of `[table: u8][kind: u8][key len: u32]([value len: u32])[key]([value])`.
+//! Every transaction stores in `meta` the sequence number and offset of the next record, so
+//! replay starts exactly there and stops at the first record that is missing, torn (bad crc)
+//! or from an older pass over the file (wrong seq). After a checkpoint the next record goes
+//! to offset 0 again, so the file never grows past `CAPACITY` plus one batch.
+//!
+//! Records start on 4 KiB boundaries and are written with `O_DIRECT | O_DSYNC`: one write
+//! that returns once the device has the bytes, with no page-cache copy and no separate
+//! `fdatasync` call (p50 0.35 against 0.47 ms, p99 0.97 against 1.38 ms on this VM's disk).
+//! Where the file system refuses `O_DIRECT` (tmpfs), the log falls back to a buffered write
+//! and `fdatasync`, with the same layout.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Past this many bytes of log, the next batch commits durably instead (a checkpoint).
+pub(super) const CAPACITY: u64 = 16 << 20;
+/// An idle writer checkpoints once the log is this old or half full: crash recovery then
+/// replays little, and redb can reuse the pages freed since the last checkpoint.
+pub(super) const CHECKPOINT_AGE: Duration = Duration::from_secs(2);
+const HEADER: usize = 16;
+/// Records start at multiples of this: `O_DIRECT` needs block-aligned offsets, lengths and
+/// buffers (4096 covers 512- and 4096-byte sectors).
+const BLOCK: usize = 4096;
+const INSERT: u8 = 1;
+const REMOVE: u8 = 2;
+/// A record bigger than this cannot be ours: stop reading rather than allocate it.
+const MAX_RECORD: u32 = 1 << 30;
+
+/// One batch's changes, encoded as they are made. Starts with room for the header.
+pub(super) struct Record {
+    buf: Vec<u8>,
+}
+
+impl Record {
+    pub(super) fn new() -> Self {
+        Self {
+            buf: vec![0; HEADER],
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.buf.truncate(HEADER);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.buf.len() == HEADER
+    }
+
+    /// Bytes the record takes in the log, padded to the next block.
+    pub(super) fn len(&self) -> u64 {
+        self.buf.len().next_multiple_of(BLOCK) as u64
+    }
+
+    pub(super) fn insert(&mut self, table: u8, key: &[u8], value: &[u8]) {
+        self.buf.extend_from_slice(&[table, INSERT]);
+        self.buf.extend_from_slice(&len32(key).to_le_bytes());
+        self.buf.extend_from_slice(&len32(value).to_le_bytes());
+        self.buf.extend_from_slice(key);
+        self.buf.extend_from_slice(value);
+    }
+
+    pub(super) fn remove(&mut self, table: u8, key: &[u8]) {
+        self.buf.extend_from_slice(&[table, REMOVE]);
+        self.buf.extend_from_slice(&len32(key).to_le_bytes());
+        self.buf.extend_from_slice(key);
+    }
+
+    fn seal(&mut self, seq: u64) {
+        let payload_len = len32(&self.buf[HEADER..]);
+        self.buf[8..16].copy_from_slice(&seq.to_le_bytes());
+        let crc = checksum(&self.buf[8..16], &self.buf[HEADER..]);
+        self.buf[0..4].copy_from_slice(&payload_len.to_le_bytes());
+        self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// redb caps keys and values far below 4 GiB, and the writer's batches are bounded.
+fn len32(bytes: &[u8]) -> u32 {
+    u32::try_from(bytes.len()).unwrap_or(u32::MAX)
+}
+
+fn checksum(seq: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(seq);
+    h.update(payload);
+    h.finalize()
+}
+
+/// One change read back from a record.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Change<'a> {
+    Insert {
+        table: u8,
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Remove {
+        table: u8,
+        key: &'a [u8],
+    },
+}
+
+/// The changes of a payload whose crc matched; `None` if it does not parse (which a matching
+/// crc makes a bug, not a torn write).
+pub(super) fn changes(mut payload: &[u8]) -> Option<Vec<Change<'_>>> {
+    fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if buf.len() < n {
+            return None;
+        }
+        let (head, tail) = buf.split_at(n);
+        *buf = tail;
+        Some(head)
+    }
+    fn u32_at(buf: &mut &[u8]) -> Option<usize> {
+        let b = take(buf, 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    let mut out = Vec::new();
+    while !payload.is_empty() {
+        let tk = take(&mut payload, 2)?;
+        let (table, kind) = (tk[0], tk[1]);
+        let klen = u32_at(&mut payload)?;
+        match kind {
+            INSERT => {
+                let vlen = u32_at(&mut payload)?;
+                let key = take(&mut payload, klen)?;
+                let value = take(&mut payload, vlen)?;
+                out.push(Change::Insert { table, key, value });
+            }
+            REMOVE => {
+                let key = take(&mut payload, klen)?;
+                out.push(Change::Remove { table, key });
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The log file and where its next record goes.
+pub(super) struct Wal {
+    file: File,
+    /// A buffered handle for replay: direct reads would need aligned buffers too.
+    reader: File,
+    /// Opened with `O_DIRECT | O_DSYNC`: writes need no `fdatasync`, but an aligned buffer.
+    direct: bool,
+    /// Block-aligned staging for direct writes; grows to the largest record.
+    aligned: Vec<u8>,
+    /// Offset of the next record.
+    pos: u64,
+    /// Sequence number of the next record.
+    next_seq: u64,
+    last_checkpoint: Instant,
+    checkpoint_age: Duration,
+    /// Set by an append or commit that failed after writing to the log: the next batch must
+    /// commit durably, which moves the log back to offset 0 past whatever was left there.
+    must_checkpoint: bool,
+    /// Batches committed without an fsync of redb's since the last checkpoint.
+    pending: u64,
+}
+
+impl Wal {
+    /// Opens (or creates) the log; the next record is `next_seq`, at `pos`.
+    pub(super) fn open(
+        path: &Path,
+        next_seq: u64,
+        pos: u64,
+        checkpoint_age: Duration,
+    ) -> io::Result<Self> {
+        Self::open_flags(path, next_seq, pos, checkpoint_age, true)
+    }
+
+    fn open_flags(
+        path: &Path,
+        next_seq: u64,
+        pos: u64,
+        checkpoint_age: Duration,
+        try_direct: bool,
+    ) -> io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let open = |flags: i32| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .custom_flags(flags)
+                .open(path)
+        };
+        let direct_flags = if try_direct {
+            libc::O_DIRECT | libc::O_DSYNC
+        } else {
+            0
+        };
+        let (file, direct) = match open(direct_flags) {
+            Ok(f) => (f, try_direct),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::info!(path = %path.display(), "O_DIRECT refused; the write-ahead log uses fdatasync");
+                (open(0)?, false)
+            }
+            Err(e) => return Err(e),
+        };
+        let reader = File::open(path)?;
+        Ok(Self {
+            file,
+            reader,
+            direct,
+            aligned: Vec::new(),
+            pos,
+            next_seq,
+            last_checkpoint: Instant::now(),
+            checkpoint_age,
+            must_checkpoint: false,
+            pending: 0,
+        })
+    }
+
+    /// Sequence number and offset of the next record.
+    pub(super) fn next(&self) -> (u64, u64) {
+        (self.next_seq, self.pos)
+    }
+
+    /// Where the log stands once `record` is appended, or `None` when this batch must commit
+    /// durably instead (the log is full, or an earlier failure left it in doubt).
+    pub(super) fn after(&self, record: &Record) -> Option<(u64, u64)> {
+        let end = self.pos + record.len();
+        (!self.must_checkpoint && end <= CAPACITY).then_some((self.next_seq + 1, end))
+    }
+
+    /// Writes the record at the current offset and fsyncs it.
+    pub(super) fn append(&mut self, record: &mut Record) -> io::Result<()> {
+        record.seal(self.next_seq);
+        // The seq is used up either way: a half-written record must never match a later one.
+        self.next_seq += 1;
+        let written = if self.direct {
+            let padded = record.len() as usize;
+            if self.aligned.len() < padded + BLOCK {
+                self.aligned = vec![0; padded + BLOCK];
+            }
+            let start = self.aligned.as_ptr().align_offset(BLOCK);
+            let block = &mut self.aligned[start..start + padded];
+            block[..record.buf.len()].copy_from_slice(&record.buf);
+            block[record.buf.len()..].fill(0);
+            self.file.write_all_at(block, self.pos)
+        } else {
+            self.file
+                .write_all_at(&record.buf, self.pos)
+                .and_then(|()| self.file.sync_data())
+        };
+        match written {
+            Ok(()) => {
+                self.pos += record.len();
+                Ok(())
+            }
+            Err(e) => {
+                self.must_checkpoint = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// The batch whose record was appended failed to commit: its record must not be replayed
+    /// ahead of later ones, so the next batch checkpoints.
+    pub(super) fn commit_failed(&mut self) {
+        self.must_checkpoint = true;
+    }
+
+    /// A batch committed without redb's fsync, covered by the record just appended.
+    pub(super) fn committed(&mut self) {
+        self.pending += 1;
+    }
+
+    /// A durable commit stored `(next_seq, 0)`: the log starts over.
+    pub(super) fn checkpointed(&mut self) {
+        self.pos = 0;
+        self.pending = 0;
+        self.must_checkpoint = false;
+        self.last_checkpoint = Instant::now();
+    }
+
+    /// Replay committed the log up to `seq` durably: the log starts over there.
+    pub(super) fn resume(&mut self, seq: u64) {
+        self.next_seq = seq;
+        self.checkpointed();
+    }
+
+    /// Whether an idle writer should checkpoint now.
+    pub(super) fn checkpoint_due(&self) -> bool {
+        self.pending > 0
+            && (self.must_checkpoint
+                || self.pos >= CAPACITY / 2
+                || self.last_checkpoint.elapsed() >= self.checkpoint_age)
+    }
+
+    /// Whether anything is committed that only the log makes durable.
+    pub(super) fn has_pending(&self) -> bool {
+        self.pending > 0
+    }
+
+    /// Reads the record numbered `seq` at `pos`: its payload and the offset after it, or
+    /// `None` when there is no such record there (end of the log).
+    pub(super) fn read(&self, seq: u64, pos: u64) -> io::Result<Option<(Vec<u8>, u64)>> {
+        let mut header = [0u8; HEADER];
+        if !read_full(&self.reader, &mut header, pos)? {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let found_seq = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        if found_seq != seq || len > MAX_RECORD {
+            return Ok(None);
+        }
+        let mut payload = vec![0u8; len as usize];
+        if !read_full(&self.reader, &mut payload, pos + HEADER as u64)? {
+            return Ok(None);
+        }
+        if checksum(&header[8..16], &payload) != crc {
+            return Ok(None);
+        }
+        let end = (HEADER + len as usize).next_multiple_of(BLOCK) as u64;
+        Ok(Some((payload, pos + end)))
+    }
+}
+
+/// Fills `buf` from `pos`; false if the file ends first.
+fn read_full(file: &File, buf: &mut [u8], pos: u64) -> io::Result<bool> {
+    match file.read_exact_at(buf, pos) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(entries: &[(&[u8], Option<&[u8]>)]) -> Record {
+        let mut r = Record::new();
+        for (k, v) in entries {
+            match v {
+                Some(v) => r.insert(3, k, v),
+                None => r.remove(4, k),
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn records_read_back_in_order_and_stop_at_the_end() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("w");
+        let mut wal = Wal::open(&path, 7, 0, CHECKPOINT_AGE).expect("open");
+        wal.append(&mut record(&[(b"k1", Some(b"v1")), (b"k2", None)]))
+            .expect("append");
+        wal.append(&mut record(&[(b"k3", Some(b""))]))
+            .expect("append");
+        // Each record fills one block.
+        assert_eq!(wal.next(), (9, 2 * 4096));
+
+        let (p1, next) = wal.read(7, 0).expect("read").expect("first record");
+        assert_eq!(
+            changes(&p1).expect("parses"),
+            vec![
+                Change::Insert {
+                    table: 3,
+                    key: b"k1",
+                    value: b"v1"
+                },
+                Change::Remove {
+                    table: 4,
+                    key: b"k2"
+                }
+            ]
+        );
+        let (p2, end) = wal.read(8, next).expect("read").expect("second record");
+        assert_eq!(changes(&p2).expect("parses").len(), 1);
+        assert_eq!(end, wal.next().1);
+        assert!(wal.read(9, end).expect("read").is_none(), "nothing after");
+        assert!(
+            wal.read(8, 0).expect("read").is_none(),
+            "wrong seq is no record"
+        );
+    }
+
+    /// Where O_DIRECT is refused (older tmpfs), the log writes through the page cache and
+    /// fdatasyncs, with the same layout.
+    #[test]
+    fn without_o_direct_the_log_still_works() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut wal =
+            Wal::open_flags(&dir.path().join("w"), 1, 0, CHECKPOINT_AGE, false).expect("open");
+        assert!(!wal.direct);
+        wal.append(&mut record(&[(b"k", Some(b"v"))]))
+            .expect("append");
+        let (p, end) = wal.read(1, 0).expect("read").expect("record 1");
+        assert_eq!(changes(&p).expect("parses").len(), 1);
+        assert_eq!(end, 4096);
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_record_ends_the_log() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("w");
+        let mut wal = Wal::open(&path, 1, 0, CHECKPOINT_AGE).expect("open");
+        wal.append(&mut record(&[(b"a", Some(b"1"))]))
+            .expect("append");
+        let second = wal.next().1;
+        wal.append(&mut record(&[(b"b", Some(b"22222222"))]))
+            .expect("append");
+        let full = std::fs::metadata(&path).expect("meta").len();
+
+        // Torn: the file ends inside the second record.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.set_len(second + 20).expect("truncate");
+        assert!(wal.read(1, 0).expect("read").is_some());
+        assert!(wal.read(2, second).expect("read").is_none());
+
+        // Corrupt: a flipped payload byte fails the crc.
+        f.set_len(full).expect("extend");
+        let at = second + HEADER as u64 + 3;
+        let mut byte = [0u8; 1];
+        f.read_exact_at(&mut byte, at).expect("read");
+        f.write_all_at(&[byte[0] ^ 0x40], at).expect("flip");
+        assert!(wal.read(2, second).expect("read").is_none());
+    }
+
+    #[test]
+    fn after_a_checkpoint_old_records_are_not_mistaken_for_new_ones() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut wal = Wal::open(&dir.path().join("w"), 1, 0, CHECKPOINT_AGE).expect("open");
+        for _ in 0..3 {
+            wal.append(&mut record(&[(b"old", Some(b"x"))]))
+                .expect("append");
+            wal.committed();
+        }
+        assert!(wal.has_pending());
+        wal.checkpointed();
+        assert_eq!(wal.next(), (4, 0));
+        // The old first record still sits at 0 with seq 1: it is not record 4.
+        assert!(wal.read(4, 0).expect("read").is_none());
+        wal.append(&mut record(&[(b"new", Some(b"y"))]))
+            .expect("append");
+        let (p, end) = wal.read(4, 0).expect("read").expect("record 4");
+        assert_eq!(
+            changes(&p).expect("parses"),
+            vec![Change::Insert {
+                table: 3,
+                key: b"new",
+                value: b"y"
+            }]
+        );
+        // What follows is the old record 2 or 3 (torn by the overwrite or not): never 5.
+        assert!(wal.read(5, end).expect("read").is_none());
+    }
+
+    #[test]
+    fn a_full_log_or_a_failure_asks_for_a_durable_commit() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut wal =
+            Wal::open(&dir.path().join("w"), 1, CAPACITY - 4096, CHECKPOINT_AGE).expect("open");
+        assert!(wal.after(&record(&[(b"k", Some(b"v"))])).is_some());
+        assert!(
+            wal.after(&record(&[(b"k", Some(&[0u8; 4096]))])).is_none(),
+            "does not fit"
+        );
+        wal.commit_failed();
+        assert!(wal.after(&record(&[(b"k", Some(b"v"))])).is_none());
+        wal.checkpointed();
+        assert_eq!(wal.next(), (1, 0));
+        assert!(wal.after(&record(&[(b"k", Some(b"v"))])).is_some());
+    }
+}
