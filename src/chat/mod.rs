@@ -15,7 +15,7 @@ mod validate;
 
 pub use admin::AdminSettings;
 pub use error::ChatError;
-pub use outbox::{CloseRequest, Outbox, Pushed};
+pub use outbox::{CloseRequest, Frame, Outbox, Pushed};
 pub use receipts::MessageReceipts;
 pub use sync::SyncAnswer;
 
@@ -365,10 +365,18 @@ impl Hub {
         while at < pending.len() {
             let room = pending[at].0;
             let run = pending[at..].iter().take_while(|(r, _)| *r == room).count();
-            let frames: Vec<Bytes> = pending[at..at + run]
-                .iter()
-                .map(|(_, f)| f.clone())
-                .collect();
+            // The room's frames of this batch, back to back in one buffer: each recipient
+            // then takes one reference (one atomic increment, one iovec) instead of one per
+            // message. Fan-out at in-flight 64 moves about five messages per room per batch.
+            let frames = match &pending[at..at + run] {
+                [(_, one)] => Frame::Payload(one.clone()),
+                several => Frame::Wire {
+                    bytes: crate::protocol::ws_frame::text_frames(
+                        several.iter().map(|(_, f)| &f[..]),
+                    ),
+                    frames: run,
+                },
+            };
             at += run;
             let recipients = {
                 let state = self.state.read();
@@ -378,13 +386,13 @@ impl Hub {
                 }
             };
             for ob in recipients.iter() {
-                if ob.push_all(&frames) == Pushed::Overflowed {
+                if ob.push_frame(frames.clone()) == Pushed::Overflowed {
                     self.metrics.slow_consumer_closes.inc();
                 }
             }
             self.metrics
                 .deliveries
-                .inc_by((recipients.len() * frames.len()) as u64);
+                .inc_by((recipients.len() * run) as u64);
         }
         pending.clear();
         if pending.capacity() > 4096 {

@@ -11,8 +11,38 @@ pub struct CloseRequest {
     pub reason: &'static str,
 }
 
+/// What a connection's writer sends: one frame's payload (the writer adds the header), or
+/// complete frames already joined into one buffer (a room's messages of one batch, shared by
+/// every recipient: one reference and one iovec each instead of one per message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Payload(Bytes),
+    Wire { bytes: Bytes, frames: usize },
+}
+
+impl Frame {
+    /// Bytes counted against the outbox's bound.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Payload(b) | Frame::Wire { bytes: b, .. } => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Messages it carries.
+    pub fn frames(&self) -> usize {
+        match self {
+            Frame::Payload(_) => 1,
+            Frame::Wire { frames, .. } => *frames,
+        }
+    }
+}
+
 struct Queue {
-    frames: Vec<Bytes>,
+    frames: Vec<Frame>,
     bytes: usize,
     close: Option<CloseRequest>,
 }
@@ -51,6 +81,11 @@ impl Outbox {
     /// Queues a frame. Past the byte bound the queue is dropped and the connection is asked
     /// to close with `SLOW_CONSUMER`: a reader that stops reading never slows its room.
     pub fn push(&self, frame: Bytes) -> Pushed {
+        self.push_frame(Frame::Payload(frame))
+    }
+
+    /// Queues a payload or a run of complete frames (`protocol::ws_frame::text_frames`).
+    pub fn push_frame(&self, frame: Frame) -> Pushed {
         let mut q = self.queue.lock();
         if q.close.is_some() {
             return Pushed::Closed;
@@ -82,26 +117,6 @@ impl Outbox {
         Pushed::Overflowed
     }
 
-    /// Queues several frames at once (one lock, at most one wake-up), like `push` for each.
-    pub fn push_all(&self, frames: &[Bytes]) -> Pushed {
-        let bytes: usize = frames.iter().map(Bytes::len).sum();
-        let mut q = self.queue.lock();
-        if q.close.is_some() {
-            return Pushed::Closed;
-        }
-        if q.bytes + bytes > self.limit {
-            return self.overflow(q);
-        }
-        q.bytes += bytes;
-        let was_empty = q.frames.is_empty();
-        q.frames.extend_from_slice(frames);
-        drop(q);
-        if was_empty && !frames.is_empty() {
-            self.notify.notify_one();
-        }
-        Pushed::Queued
-    }
-
     /// Asks the writer to close after the frames already queued.
     pub fn close(&self, code: u16, reason: &'static str) {
         let mut q = self.queue.lock();
@@ -119,7 +134,7 @@ impl Outbox {
     }
 
     /// Moves every queued frame into `out` and returns a pending close request, if any.
-    pub fn drain_into(&self, out: &mut Vec<Bytes>) -> Option<CloseRequest> {
+    pub fn drain_into(&self, out: &mut Vec<Frame>) -> Option<CloseRequest> {
         let mut q = self.queue.lock();
         if out.is_empty() {
             // The usual case: the writer's empty batch and the queue trade places.
@@ -160,21 +175,6 @@ mod tests {
             close.map(|c| c.code),
             Some(crate::protocol::close::SLOW_CONSUMER)
         );
-    }
-
-    #[test]
-    fn push_all_queues_in_order_with_one_bound_check() {
-        let ob = Outbox::new(10);
-        let frames = [Bytes::from_static(b"123"), Bytes::from_static(b"4567")];
-        assert_eq!(ob.push_all(&frames), Pushed::Queued);
-        assert_eq!(ob.push_all(&frames), Pushed::Overflowed, "14 bytes > 10");
-        assert_eq!(ob.push_all(&frames), Pushed::Closed);
-        let ob = Outbox::new(10);
-        ob.push_all(&frames);
-        ob.push(Bytes::from_static(b"8"));
-        let mut out = Vec::new();
-        assert!(ob.drain_into(&mut out).is_none());
-        assert_eq!(out, [&b"123"[..], b"4567", b"8"]);
     }
 
     #[test]

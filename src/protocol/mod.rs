@@ -197,6 +197,47 @@ fn encode<T: Serialize>(event: &str, reference: Option<&str>, data: &T) -> Bytes
     })
 }
 
+/// WebSocket framing of what the server sends (RFC 6455 §5.2): final, unmasked frames.
+/// Encoded here so that the hub can join a run of frames into one shared buffer of wire
+/// bytes without knowing the transport's types.
+pub mod ws_frame {
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    /// The longest server frame header: no mask, 8-byte length.
+    pub const MAX_HEADER: usize = 10;
+    pub const TEXT: u8 = 0x1;
+
+    /// Encodes a final, unmasked frame header into `out`; returns its length.
+    pub fn header(out: &mut [u8; MAX_HEADER], opcode: u8, len: usize) -> usize {
+        out[0] = 0x80 | opcode;
+        if len < 126 {
+            out[1] = len as u8;
+            2
+        } else if let Ok(len) = u16::try_from(len) {
+            out[1] = 126;
+            out[2..4].copy_from_slice(&len.to_be_bytes());
+            4
+        } else {
+            out[1] = 127;
+            out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    }
+
+    /// Text payloads as complete frames, back to back in one buffer.
+    pub fn text_frames<'a>(payloads: impl Iterator<Item = &'a [u8]> + Clone) -> Bytes {
+        let total: usize = payloads.clone().map(|p| MAX_HEADER + p.len()).sum();
+        let mut out = BytesMut::with_capacity(total);
+        let mut head = [0u8; MAX_HEADER];
+        for p in payloads {
+            let n = header(&mut head, TEXT, p.len());
+            out.put_slice(&head[..n]);
+            out.put_slice(p);
+        }
+        out.freeze()
+    }
+}
+
 /// A pushed event (`receive_message`, `member_joined`, ...), serialized once for all recipients.
 pub fn event<T: Serialize>(name: &str, data: &T) -> Bytes {
     encode(name, None, data)

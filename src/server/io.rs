@@ -5,13 +5,12 @@
 //! nothing but two counters lives across an `.await`: the writer task of an idle connection
 //! stays small.
 
-use bytes::Bytes;
 use std::io::{self, IoSlice};
 
 /// Frames per `writev`: two slices each (header, payload), well under `IOV_MAX` (1024).
 const FRAMES_PER_WRITE: usize = 64;
-/// The longest server frame header: no mask, 8-byte length.
-const MAX_HEADER: usize = 10;
+use crate::chat::Frame;
+use crate::protocol::ws_frame::{self, MAX_HEADER};
 
 /// WebSocket opcodes the server sends (RFC 6455 §5.2).
 #[derive(Clone, Copy)]
@@ -43,31 +42,50 @@ pub struct FrameWriter<S> {
     sock: S,
 }
 
-/// Encodes a final, unmasked frame header into `out`; returns its length.
-fn header(out: &mut [u8; MAX_HEADER], op: OpCode, len: usize) -> usize {
-    out[0] = 0x80 | op as u8;
-    if len < 126 {
-        out[1] = len as u8;
-        2
-    } else if let Ok(len) = u16::try_from(len) {
-        out[1] = 126;
-        out[2..4].copy_from_slice(&len.to_be_bytes());
-        4
-    } else {
-        out[1] = 127;
-        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
+/// Something the writer sends: a payload that still needs its frame header (control
+/// payloads, `Frame::Payload`), or complete frames (`Frame::Wire`), written as they are.
+pub trait Outgoing {
+    fn bytes(&self) -> &[u8];
+    fn framed(&self) -> bool;
+}
+
+impl Outgoing for &[u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn framed(&self) -> bool {
+        false
     }
 }
 
-/// The wire length of a frame with this payload.
-fn frame_len(op: OpCode, payload: usize) -> usize {
-    header(&mut [0; MAX_HEADER], op, payload) + payload
+impl Outgoing for Frame {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Frame::Payload(b) | Frame::Wire { bytes: b, .. } => b,
+        }
+    }
+    fn framed(&self) -> bool {
+        matches!(self, Frame::Wire { .. })
+    }
+}
+
+/// The header `f` needs with opcode `op` (none for complete frames); returns its length.
+fn header<F: Outgoing>(out: &mut [u8; MAX_HEADER], op: OpCode, f: &F) -> usize {
+    if f.framed() {
+        0
+    } else {
+        ws_frame::header(out, op as u8, f.bytes().len())
+    }
+}
+
+/// The wire length of `f`.
+fn frame_len<F: Outgoing>(op: OpCode, f: &F) -> usize {
+    header(&mut [0; MAX_HEADER], op, f) + f.bytes().len()
 }
 
 /// One write attempt of `frames` (all with opcode `op`) from `skip` bytes into the first.
 /// Returns the bytes written.
-fn write_some<S: Sink, B: AsRef<[u8]>>(
+fn write_some<S: Sink, B: Outgoing>(
     sock: &S,
     op: OpCode,
     frames: &[B],
@@ -86,7 +104,7 @@ fn write_some<S: Sink, B: AsRef<[u8]>>(
 const FEW_FRAMES: usize = 4;
 
 /// `write_some` with room for `N` frames (`2 * N` slices).
-fn write_some_n<S: Sink, B: AsRef<[u8]>, const N: usize>(
+fn write_some_n<S: Sink, B: Outgoing, const N: usize>(
     sock: &S,
     op: OpCode,
     frames: &[B],
@@ -96,11 +114,11 @@ fn write_some_n<S: Sink, B: AsRef<[u8]>, const N: usize>(
     let mut heads = [[0u8; MAX_HEADER]; N];
     let mut lens = [0usize; N];
     for (i, f) in frames.iter().enumerate() {
-        lens[i] = header(&mut heads[i], op, f.as_ref().len());
+        lens[i] = header(&mut heads[i], op, f);
     }
     let mut slices = [[IoSlice::new(&[]); 2]; N];
     for (i, f) in frames.iter().enumerate() {
-        slices[i] = [IoSlice::new(&heads[i][..lens[i]]), IoSlice::new(f.as_ref())];
+        slices[i] = [IoSlice::new(&heads[i][..lens[i]]), IoSlice::new(f.bytes())];
     }
     let mut slices = &mut slices.as_flattened_mut()[..2 * frames.len()];
     IoSlice::advance_slices(&mut slices, skip);
@@ -123,7 +141,7 @@ impl<S: Sink> FrameWriter<S> {
     }
 
     /// Writes every frame, in order, waiting for the socket as needed.
-    async fn frames<B: AsRef<[u8]>>(&mut self, op: OpCode, frames: &[B]) -> io::Result<()> {
+    async fn frames<B: Outgoing>(&mut self, op: OpCode, frames: &[B]) -> io::Result<()> {
         let (mut at, mut skip) = (0usize, 0usize);
         while at < frames.len() {
             match write_some(&self.sock, op, &frames[at..], skip) {
@@ -132,7 +150,7 @@ impl<S: Sink> FrameWriter<S> {
                     n += skip;
                     skip = 0;
                     while at < frames.len() {
-                        let len = frame_len(op, frames[at].as_ref().len());
+                        let len = frame_len(op, &frames[at]);
                         if n < len {
                             skip = n;
                             break;
@@ -162,8 +180,9 @@ impl<S: Sink> FrameWriter<S> {
         self.control(OpCode::Close, &payload).await
     }
 
-    /// Writes every frame as a text frame, in order, in as few `writev` calls as it takes.
-    pub async fn text_frames(&mut self, frames: &[Bytes]) -> io::Result<()> {
+    /// Writes every frame (payloads as text frames), in order, in as few `writev` calls as it
+    /// takes.
+    pub async fn text_frames(&mut self, frames: &[Frame]) -> io::Result<()> {
         self.frames(OpCode::Text, frames).await
     }
 }
@@ -171,6 +190,7 @@ impl<S: Sink> FrameWriter<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     /// A sink that accepts at most `step` bytes per call and says `WouldBlock` every other
     /// call, to exercise short writes and the wait.
@@ -232,6 +252,24 @@ mod tests {
             .enumerate()
             .map(|(i, &n)| Bytes::from(vec![(i % 251) as u8; n]))
             .collect();
+        // The same payloads, every third one joined with the next two into complete frames.
+        let mut out: Vec<Frame> = Vec::new();
+        for chunk in frames.chunks(3) {
+            match chunk {
+                [one] => out.push(Frame::Payload(one.clone())),
+                run => out.push(Frame::Wire {
+                    bytes: ws_frame::text_frames(run.iter().map(|b| &b[..])),
+                    frames: run.len(),
+                }),
+            }
+            if let Some(f) = chunk.first() {
+                out.push(Frame::Payload(f.clone()));
+            }
+        }
+        let expected: Vec<Bytes> = frames
+            .chunks(3)
+            .flat_map(|c| c.iter().chain(c.first()).cloned())
+            .collect();
         for step in [3, 4096, 1 << 40] {
             let mut w = FrameWriter::new(Trickle {
                 out: Default::default(),
@@ -239,12 +277,12 @@ mod tests {
                 calls: Default::default(),
             });
             w.control(OpCode::Pong, b"hi").await.expect("pong");
-            w.text_frames(&frames).await.expect("frames");
+            w.text_frames(&out).await.expect("frames");
             w.close(4003, "slow consumer").await.expect("close");
             let got = parse(&w.sock.out.lock().expect("lock"));
-            assert_eq!(got.len(), frames.len() + 2);
+            assert_eq!(got.len(), expected.len() + 2);
             assert_eq!(got[0], (0xA, b"hi".to_vec()));
-            for (g, f) in got[1..].iter().zip(&frames) {
+            for (g, f) in got[1..].iter().zip(&expected) {
                 assert_eq!(g.0, 0x1);
                 assert_eq!(&g.1[..], &f[..]);
             }

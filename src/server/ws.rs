@@ -361,7 +361,7 @@ async fn write_loop<W: wsio::Sink>(
     t: WriterTimers,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
-    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch: Vec<crate::chat::Frame> = Vec::new();
     // One timer for both deadlines (the next ping, the token's expiry): each wake-up polls
     // every branch of the select, and a second timer cost every delivery a poll.
     let expires_at = tokio::time::Instant::now()
@@ -402,13 +402,14 @@ async fn write_loop<W: wsio::Sink>(
                 return;
             }
         }
-        let frames = batch.len();
-        if frames > 0 && tx.text_frames(&batch).await.is_err() {
+        let entries = batch.len();
+        if entries > 0 && tx.text_frames(&batch).await.is_err() {
             return;
         }
+        let frames: usize = batch.iter().map(crate::chat::Frame::frames).sum();
         batch.clear();
         metrics.frames_out.inc_by(frames as u64);
-        if frames <= 2 && batch.capacity() > 16 {
+        if entries <= 2 && batch.capacity() > 16 {
             // A quiet moment after a burst: give the burst's capacity back.
             batch = Vec::new();
         }
