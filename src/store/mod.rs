@@ -850,6 +850,38 @@ mod tests {
         back2.close();
     }
 
+    /// An idle writer checkpoints once the log is old enough: after a pause, the database
+    /// file alone holds every write.
+    #[test]
+    fn an_idle_writer_checkpoints() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let age = std::time::Duration::from_millis(50);
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open_with(dir.path(), Some(1), 64, metrics.clone(), age).expect("open");
+        let room = room_and_messages(&store, 10);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let image = loop {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let image = crash_image(dir.path(), false);
+            let probe = Store::open_with(image.path(), Some(1), 64, metrics.clone(), age)
+                .expect("open the image");
+            let found = probe
+                .messages_after_blocking(room, Id(0), 100)
+                .expect("history")
+                .len();
+            probe.close();
+            if found == 10 {
+                break image;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint in 10 s of idling ({found} of 10 on disk)"
+            );
+        };
+        drop(image);
+        store.close();
+    }
+
     /// A store that was closed left nothing in the log to replay.
     #[test]
     fn a_closed_store_checkpoints_so_its_log_is_not_needed() {

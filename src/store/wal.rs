@@ -302,10 +302,21 @@ impl Wal {
 
     /// Whether an idle writer should checkpoint now.
     pub(super) fn checkpoint_due(&self) -> bool {
-        self.pending > 0
-            && (self.must_checkpoint
-                || self.pos >= CAPACITY / 2
-                || self.last_checkpoint.elapsed() >= self.checkpoint_age)
+        self.checkpoint_in() == Some(Duration::ZERO)
+    }
+
+    /// How long until an idle writer should checkpoint; `None` when nothing waits for one.
+    pub(super) fn checkpoint_in(&self) -> Option<Duration> {
+        if self.pending == 0 {
+            return None;
+        }
+        if self.must_checkpoint || self.pos >= CAPACITY / 2 {
+            return Some(Duration::ZERO);
+        }
+        Some(
+            self.checkpoint_age
+                .saturating_sub(self.last_checkpoint.elapsed()),
+        )
     }
 
     /// Whether anything is committed that only the log makes durable.

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -232,21 +232,10 @@ fn run(writer: Writer) {
     let record = RefCell::new(Record::new());
     let mut stopping = false;
     while !stopping {
-        let first = if wal.checkpoint_due() {
-            // Checkpoint while idle, so no write waits for it.
-            match rx.try_recv() {
-                Ok(job) => Ok(job),
-                Err(_) => {
-                    checkpoint(db, &mut wal);
-                    rx.recv()
-                }
-            }
-        } else {
-            rx.recv()
-        };
+        let first = next_job(db, rx, &mut wal);
         match first {
-            Ok(Job::Write(op, done)) => batch.push((op, done)),
-            Ok(Job::Stop) | Err(_) => break,
+            Some(Job::Write(op, done)) => batch.push((op, done)),
+            Some(Job::Stop) | None => break,
         }
         // Everything that queued up while the last commit ran joins this one.
         while batch.len() < max_batch {
@@ -288,6 +277,29 @@ fn run(writer: Writer) {
     // A clean stop leaves nothing for the next start to replay.
     if wal.has_pending() {
         checkpoint(db, &mut wal);
+    }
+}
+
+/// Waits for the next job. While the log covers commits that redb has not made durable, the
+/// wait ends when a checkpoint falls due, and an idle writer checkpoints then, so no write
+/// waits for it. `None` when every sender is gone.
+fn next_job(db: &Database, rx: &Receiver<Job>, wal: &mut Wal) -> Option<Job> {
+    loop {
+        if wal.checkpoint_due() {
+            match rx.try_recv() {
+                Ok(job) => return Some(job),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => checkpoint(db, wal),
+            }
+        }
+        match wal.checkpoint_in() {
+            None => return rx.recv().ok(),
+            Some(wait) => match rx.recv_timeout(wait) {
+                Ok(job) => return Some(job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return None,
+            },
+        }
     }
 }
 
