@@ -21,11 +21,16 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// What goes on the wire: the payload, or the complete frames.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Frame::Payload(b) | Frame::Wire { bytes: b, .. } => b,
+        }
+    }
+
     /// Bytes counted against the outbox's bound.
     pub fn len(&self) -> usize {
-        match self {
-            Frame::Payload(b) | Frame::Wire { bytes: b, .. } => b.len(),
-        }
+        self.bytes().len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -60,9 +60,7 @@ impl Outgoing for &[u8] {
 
 impl Outgoing for Frame {
     fn bytes(&self) -> &[u8] {
-        match self {
-            Frame::Payload(b) | Frame::Wire { bytes: b, .. } => b,
-        }
+        Frame::bytes(self)
     }
     fn framed(&self) -> bool {
         matches!(self, Frame::Wire { .. })

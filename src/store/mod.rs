@@ -744,18 +744,23 @@ mod tests {
         };
         for i in 0..count {
             // One write per batch: each its own log record.
-            store
-                .write_blocking(WriteOp::AppendMessage {
-                    room,
-                    sender: crate::model::UserId::from("alice"),
-                    client_msg_id: format!("c-{i}"),
-                    kind: crate::model::MessageType::Text,
-                    content: format!("message {i}"),
-                    file: None,
-                })
-                .expect("append");
+            append(store, room, &format!("c-{i}"), &format!("message {i}"));
         }
         room
+    }
+
+    /// Alice sends `content` with `client_msg_id` to `room`.
+    fn append(store: &Store, room: Id, client_msg_id: &str, content: &str) -> WriteOutput {
+        store
+            .write_blocking(WriteOp::AppendMessage {
+                room,
+                sender: crate::model::UserId::from("alice"),
+                client_msg_id: client_msg_id.into(),
+                kind: crate::model::MessageType::Text,
+                content: content.into(),
+                file: None,
+            })
+            .expect("append")
     }
 
     /// What a crash leaves: the files as they are on disk while the store runs.
@@ -802,16 +807,7 @@ mod tests {
         assert_eq!(contents, expected, "every write once, in order");
         assert_eq!(back.last_id_blocking().expect("last id"), last, "ids go on");
         // New writes after the replay get new ids and survive a second crash too.
-        let more = back
-            .write_blocking(WriteOp::AppendMessage {
-                room,
-                sender: crate::model::UserId::from("alice"),
-                client_msg_id: "after".into(),
-                kind: crate::model::MessageType::Text,
-                content: "after".into(),
-                file: None,
-            })
-            .expect("append after replay");
+        let more = append(&back, room, "after", "after");
         let WriteOutput::Appended {
             message, duplicate, ..
         } = more
@@ -830,16 +826,7 @@ mod tests {
             41
         );
         // A resend of a replayed message is still recognised.
-        let resent = back2
-            .write_blocking(WriteOp::AppendMessage {
-                room,
-                sender: crate::model::UserId::from("alice"),
-                client_msg_id: "c-7".into(),
-                kind: crate::model::MessageType::Text,
-                content: "message 7".into(),
-                file: None,
-            })
-            .expect("resend");
+        let resent = append(&back2, room, "c-7", "message 7");
         assert!(matches!(
             resent,
             WriteOutput::Appended {

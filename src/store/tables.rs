@@ -123,6 +123,18 @@ pub fn init(db: &Database, configured_node: Option<u16>) -> Result<u16, StoreErr
     Ok(node)
 }
 
+/// Stores where the write-ahead log's next record goes, in `txn`.
+pub fn set_log_position(
+    txn: &redb::WriteTransaction,
+    seq: u64,
+    pos: u64,
+) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    meta.insert(META_WAL_SEQ, seq)?;
+    meta.insert(META_WAL_POS, pos)?;
+    Ok(())
+}
+
 /// The last issued id and where the write-ahead log's next record goes: (seq, offset).
 pub fn positions(db: &Database) -> Result<(Id, u64, u64), StoreError> {
     let txn = db.begin_read()?;

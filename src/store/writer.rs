@@ -308,19 +308,15 @@ fn next_job(db: &Database, rx: &Receiver<Job>, wal: &mut Wal) -> Option<Job> {
 fn checkpoint(db: &Database, wal: &mut Wal) {
     let done = (|| -> Result<(), StoreError> {
         let txn = db.begin_write()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            meta.insert(META_WAL_SEQ, wal.next().0)?;
-            meta.insert(META_WAL_POS, 0)?;
-        }
+        set_log_position(&txn, wal.next().0, 0)?;
         txn.commit()?;
         Ok(())
     })();
     match done {
         Ok(()) => wal.checkpointed(),
         Err(e) => {
-            wal.commit_failed();
-            tracing::error!(error = %e, "storage checkpoint failed");
+            wal.checkpoint_failed();
+            tracing::error!(error = %e, "storage checkpoint failed; retrying in a second");
         }
     }
 }
@@ -349,11 +345,7 @@ pub(super) fn replay(db: &Database, wal: &mut Wal) -> Result<u64, StoreError> {
         txn.abort()?;
         return Ok(0);
     }
-    {
-        let mut meta = txn.open_table(META)?;
-        meta.insert(META_WAL_SEQ, seq)?;
-        meta.insert(META_WAL_POS, 0)?;
-    }
+    set_log_position(&txn, seq, 0)?;
     txn.commit()?;
     wal.resume(seq);
     Ok(batches)
@@ -363,8 +355,8 @@ pub(super) fn replay(db: &Database, wal: &mut Wal) -> Result<u64, StoreError> {
 /// it is durable); a logical refusal (not found, forbidden, conflict) fails only its op, which
 /// checks before it writes, so it leaves nothing behind.
 ///
-/// The batch's changes are logged as they are made; the record is appended to the log and
-/// fsynced, then the transaction commits without an fsync of its own. When the log is full
+/// The batch's changes are logged as they are made; the record is written to the log and
+/// on disk before the transaction commits without an fsync of its own. When the log is full
 /// (or in doubt after a failure) the transaction commits durably instead: a checkpoint.
 fn commit_batch(
     db: &Database,
@@ -401,13 +393,10 @@ fn commit_batch(
     }
     let logged = match wal.after(&record) {
         Some((next_seq, next_pos)) => {
-            let noted = (|| -> Result<(), StoreError> {
-                txn.set_durability(Durability::None)?;
-                let mut meta = txn.open_table(META)?;
-                meta.insert(META_WAL_SEQ, next_seq)?;
-                meta.insert(META_WAL_POS, next_pos)?;
-                Ok(())
-            })();
+            let noted = txn
+                .set_durability(Durability::None)
+                .map_err(StoreError::from)
+                .and_then(|()| set_log_position(&txn, next_seq, next_pos));
             if let Err(e) = noted {
                 let _ = txn.abort();
                 return fail_all(e);
@@ -423,13 +412,7 @@ fn commit_batch(
             true
         }
         None => {
-            let noted = (|| -> Result<(), StoreError> {
-                let mut meta = txn.open_table(META)?;
-                meta.insert(META_WAL_SEQ, wal.next().0)?;
-                meta.insert(META_WAL_POS, 0)?;
-                Ok(())
-            })();
-            if let Err(e) = noted {
+            if let Err(e) = set_log_position(&txn, wal.next().0, 0) {
                 let _ = txn.abort();
                 return fail_all(e);
             }
