@@ -17,7 +17,7 @@
 #   DURATION       measured seconds per run (default 10)
 #   WARMUP         warmup seconds per run (default 2)
 #   FANOUT_LADDER  in-flight windows the fan-out scenario tries, largest first (default "128 64 32 16 8 4 2 1")
-#   REPEAT         rounds of the latency and big-room scenarios (default 3): the servers take turns
+#   REPEAT         rounds of the latency and big-room scenarios (default 5): the servers take turns
 #                  round by round, and the table shows each server's median run by p99
 #   PG             0 to skip the PostgreSQL variants (default 1; skipped with a warning when the
 #                  PostgreSQL binaries are missing)
@@ -48,7 +48,7 @@ COMMAND="${given[*]:+${given[*]} }benches/compare.sh"
 
 SERVERS=${SERVERS:-"confab socketio socketio-pg ceiling"}
 SCENARIOS=${SCENARIOS:-"fanout latency bigroom one-to-one idle"}
-REPEAT=${REPEAT:-3}
+REPEAT=${REPEAT:-5}
 case $REPEAT in
     '' | *[!0-9]* | 0) echo "REPEAT must be a whole number of rounds, at least 1 (got '$REPEAT')" >&2; exit 2 ;;
 esac
