@@ -119,7 +119,7 @@ impl Metrics {
         );
         r.register(
             "confab_commit_seconds",
-            "Duration of one fsynced storage commit",
+            "Time from the start of a storage commit (group commit) until its writes complete, durable",
             m.commit_seconds.clone(),
         );
         r.register(

@@ -1,8 +1,9 @@
 //! Durable storage on redb: tables, schema version, reads, and the group-commit writer.
 //!
-//! Every write goes through one writer thread that drains its queue into a single fsynced
-//! transaction, then runs each write's completion in submission order. Reads run on tokio's
-//! blocking pool. Nothing outside this module knows redb.
+//! Every write goes through one writer thread that drains its queue into one transaction per
+//! batch, logs it (`wal`), and runs each write's completion in submission order once the
+//! batch is durable. Reads run on tokio's blocking pool, on the snapshot published with the
+//! last completed batch. Nothing outside this module knows redb.
 
 mod tables;
 pub use tables::SCHEMA_VERSION;
@@ -16,7 +17,7 @@ use crate::model::{
     Account, Blob, Change, ChangeKind, Id, Invite, Member, Message, Room, ServerSettings, Upload,
     User, UserId,
 };
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadTransaction, ReadableTable};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +90,18 @@ struct Inner {
     writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     metrics: Arc<Metrics>,
     after_batch: Arc<std::sync::OnceLock<writer::AfterBatch>>,
+    /// Published by the writer as each batch's completions run; taken by `close`.
+    view: Arc<writer::ViewCell>,
+    #[cfg(test)]
+    log: Arc<wal::LogFile>,
+}
+
+impl Drop for Inner {
+    /// The log threads keep the writer's queue open, so the writer learns of the last handle
+    /// going only from this.
+    fn drop(&mut self) {
+        let _ = self.queue.send(writer::Job::Stop);
+    }
 }
 
 /// Most writes waiting for the writer; past this, writes fail fast with `Overloaded`. Counted
@@ -152,14 +165,21 @@ impl Store {
         let (tx, rx) = std::sync::mpsc::channel();
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let after_batch = Arc::new(std::sync::OnceLock::new());
+        #[cfg(test)]
+        let log = wal.file();
+        let view = Arc::new(parking_lot::RwLock::new(Some(Arc::new(writer::View::new(
+            &db,
+        )?))));
         let handle = writer::spawn(writer::Writer {
             db: db.clone(),
             rx,
+            loopback: tx.clone(),
             queued: queued.clone(),
             ids: crate::model::IdGenerator::new(node_id, last_id),
             max_batch,
             metrics: metrics.clone(),
             after_batch: after_batch.clone(),
+            view: view.clone(),
             wal,
         })?;
         Ok(Self {
@@ -173,6 +193,9 @@ impl Store {
                 writer: parking_lot::Mutex::new(Some(handle)),
                 metrics,
                 after_batch,
+                view,
+                #[cfg(test)]
+                log,
             }),
         })
     }
@@ -235,6 +258,8 @@ impl Store {
         if let Some(h) = self.inner.writer.lock().take() {
             let _ = h.join();
         }
+        // Reads still running hold their own snapshot, and with it the database.
+        self.inner.view.write().take();
         let Some(mut db) = self.inner.db.write().take() else {
             return;
         };
@@ -255,17 +280,17 @@ impl Store {
         tracing::warn!("storage closed with reads still running; the next start repairs it");
     }
 
-    /// The open database, for a read; `Closed` once `close` has run.
-    fn db(&self) -> Result<Arc<Database>, StoreError> {
-        self.inner.db.read().clone().ok_or(StoreError::Closed)
+    /// What reads see: the state after the last batch whose completions ran (`writer::View`).
+    fn view(&self) -> Result<Arc<writer::View>, StoreError> {
+        self.inner.view.read().clone().ok_or(StoreError::Closed)
     }
 
     async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.db()?;
-        tokio::task::spawn_blocking(move || f(&db))
+        let view = self.view()?;
+        tokio::task::spawn_blocking(move || f(&view))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
     }
@@ -292,7 +317,7 @@ impl Store {
 
     /// The server settings (administrators, registration mode).
     pub fn server_settings_blocking(&self) -> Result<ServerSettings, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let txn = self.view()?;
         let t = txn.open_table(SETTINGS)?;
         match t.get(SETTINGS_KEY)? {
             Some(v) => decode("settings", v.value()),
@@ -302,8 +327,7 @@ impl Store {
 
     /// Unexpired invites, newest first.
     pub async fn invites(&self) -> Result<Vec<Invite>, StoreError> {
-        self.read(|db| {
-            let txn = db.begin_read()?;
+        self.read(|txn| {
             let t = txn.open_table(INVITES)?;
             let now = crate::model::now_ms();
             let mut out = Vec::new();
@@ -322,7 +346,7 @@ impl Store {
 
     /// Every room id.
     pub fn room_ids_blocking(&self) -> Result<Vec<Id>, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let txn = self.view()?;
         let t = txn.open_table(ROOMS)?;
         t.iter()?
             .map(|row| row.map(|(k, _)| Id(k.value())).map_err(StoreError::from))
@@ -337,7 +361,7 @@ impl Store {
         after: Id,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let txn = self.view()?;
         let t = txn.open_table(MESSAGES)?;
         let mut out = Vec::with_capacity(limit.min(4096));
         for row in t.range((room.0, after.0.saturating_add(1))..=(room.0, u64::MAX))? {
@@ -352,8 +376,7 @@ impl Store {
 
     /// Messages by (room, id), in the order asked; `None` where there is none.
     pub async fn messages(&self, keys: Vec<(Id, Id)>) -> Result<Vec<Option<Message>>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read()?;
+        self.read(move |txn| {
             let t = txn.open_table(MESSAGES)?;
             keys.iter()
                 .map(|(room, id)| match t.get((room.0, id.0))? {
@@ -367,7 +390,7 @@ impl Store {
 
     /// Loads what the chat hub keeps in memory: rooms, their members, and users.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let txn = self.view()?;
         let rooms_t = txn.open_table(ROOMS)?;
         let members_t = txn.open_table(MEMBERS)?;
         let mut rooms = Vec::new();
@@ -403,8 +426,7 @@ impl Store {
         limit: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Message>, bool), StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read()?;
+        self.read(move |txn| {
             let t = txn.open_table(MESSAGES)?;
             let mut out = Vec::with_capacity(limit + 1);
             let mut bytes = 0;
@@ -468,7 +490,7 @@ impl Store {
         limit: usize,
         budget: &mut usize,
     ) -> Result<(Vec<Change>, bool), StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let txn = self.view()?;
         let messages = txn.open_table(MESSAGES)?;
         let changes = txn.open_table(CHANGES)?;
         if since >= upto {
@@ -538,8 +560,7 @@ impl Store {
         after: Id,
         cap: usize,
     ) -> Result<usize, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read()?;
+        self.read(move |txn| {
             let t = txn.open_table(MESSAGES)?;
             let mut n = 0;
             for row in t.range((room.0, after.0.saturating_add(1))..=(room.0, u64::MAX))? {
@@ -559,7 +580,7 @@ impl Store {
 
     /// The newest message id of a room (0 if none).
     pub fn last_message_id_blocking(&self, room: Id) -> Result<Id, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let txn = self.view()?;
         let t = txn.open_table(MESSAGES)?;
         let last = t
             .range((room.0, 0)..=(room.0, u64::MAX))?
@@ -570,8 +591,7 @@ impl Store {
 
     /// One message, if it exists in that room.
     pub async fn message(&self, room: Id, id: Id) -> Result<Option<Message>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read()?;
+        self.read(move |txn| {
             let t = txn.open_table(MESSAGES)?;
             match t.get((room.0, id.0))? {
                 Some(v) => Ok(Some(decode("messages", v.value())?)),
@@ -583,8 +603,7 @@ impl Store {
 
     /// A built-in account by (lowercased) username.
     pub async fn account(&self, username: String) -> Result<Option<Account>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read()?;
+        self.read(move |txn| {
             let t = txn.open_table(ACCOUNTS)?;
             match t.get(username.as_str())? {
                 Some(v) => Ok(Some(decode("accounts", v.value())?)),
@@ -596,8 +615,7 @@ impl Store {
 
     /// An upload and its blob, hidden or not.
     pub async fn upload(&self, id: Id) -> Result<Option<(Upload, Blob)>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read()?;
+        self.read(move |txn| {
             let uploads = txn.open_table(UPLOADS)?;
             let blobs = txn.open_table(BLOBS)?;
             let Some(v) = uploads.get(id.0)? else {
@@ -614,8 +632,7 @@ impl Store {
 
     /// The rooms where live messages share an upload (each room once, at most `cap`).
     pub async fn rooms_sharing(&self, file: Id, cap: usize) -> Result<Vec<Id>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read()?;
+        self.read(move |txn| {
             let t = txn.open_table(SHARES)?;
             let mut rooms: Vec<Id> = Vec::new();
             for row in t.range((file.0, 0, 0)..=(file.0, u64::MAX, u64::MAX))? {
@@ -635,7 +652,7 @@ impl Store {
 
     /// Every upload and blob, for the file service's counters at start. Blocking.
     pub fn files_snapshot_blocking(&self) -> Result<(Vec<Upload>, Vec<Blob>), StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let txn = self.view()?;
         let uploads = txn
             .open_table(UPLOADS)?
             .iter()?
@@ -662,8 +679,7 @@ impl Store {
         created_before: u64,
         limit: usize,
     ) -> Result<Vec<Id>, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read()?;
+        self.read(move |txn| {
             let uploads = txn.open_table(UPLOADS)?;
             let shares = txn.open_table(SHARES)?;
             let mut out = Vec::new();
@@ -692,8 +708,7 @@ impl Store {
 
     /// Whether a user id is known (has connected, registered or been a member).
     pub async fn user_exists(&self, user: UserId) -> Result<bool, StoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read()?;
+        self.read(move |txn| {
             let t = txn.open_table(USERS)?;
             Ok(t.get(&*user)?.is_some())
         })
@@ -771,6 +786,125 @@ mod tests {
             std::fs::copy(from.join("confab.wal"), to.path().join("confab.wal")).expect("copy log");
         }
         to
+    }
+
+    /// Polls `done` every millisecond, for at most five seconds.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < until,
+                "timed out waiting: {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// redb shows a commit to new readers at once and the writer commits before the log
+    /// write: until the record is on disk, no read sees the write and its completion waits.
+    /// A second batch commits and starts its own log write meanwhile; completions still run
+    /// in batch order.
+    #[test]
+    fn a_write_is_read_and_completed_only_once_its_record_is_on_disk() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hour = std::time::Duration::from_secs(3600);
+        let store = Store::open_with(dir.path(), Some(1), 64, Arc::new(Metrics::new()), hour)
+            .expect("open");
+        let room = room_and_messages(&store, 0);
+        let paused = store.inner.log.pause.write();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for cid in ["first", "second"] {
+            let tx = tx.clone();
+            store
+                .submit(
+                    WriteOp::AppendMessage {
+                        room,
+                        sender: crate::model::UserId::from("alice"),
+                        client_msg_id: cid.into(),
+                        kind: crate::model::MessageType::Text,
+                        content: cid.into(),
+                        file: None,
+                    },
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                )
+                .expect("submit");
+            // Taken by the writer: each write is a batch of its own.
+            wait_until("the writer takes the write", || {
+                store.inner.queued.load(Ordering::Acquire) == 0
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            rx.try_recv().is_err(),
+            "no completion before the record is on disk"
+        );
+        assert!(
+            store
+                .messages_after_blocking(room, Id(0), 10)
+                .expect("read")
+                .is_empty(),
+            "no read sees a write whose record is not on disk"
+        );
+        drop(paused);
+        let contents: Vec<_> = (0..2)
+            .map(|_| {
+                match rx
+                    .recv_timeout(std::time::Duration::from_secs(5))
+                    .expect("completion")
+                    .expect("write")
+                {
+                    WriteOutput::Appended { message, .. } => message.content,
+                    other => panic!("unexpected {other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(contents, ["first", "second"], "completions in batch order");
+        assert_eq!(
+            store
+                .messages_after_blocking(room, Id(0), 10)
+                .expect("read")
+                .len(),
+            2
+        );
+        store.close();
+    }
+
+    /// A log write that fails is made good by a durable commit of redb's own, which covers
+    /// it and every batch before it: the write succeeds, and is on disk even without the log.
+    #[test]
+    fn a_failed_log_write_is_made_good_by_a_durable_commit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hour = std::time::Duration::from_secs(3600);
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open_with(dir.path(), Some(1), 64, metrics.clone(), hour).expect("open");
+        let room = room_and_messages(&store, 3);
+        store.inner.log.fail_next.store(1, Ordering::Release);
+        append(&store, room, "x", "after a failed log write");
+        assert_eq!(store.inner.log.fail_next.load(Ordering::Acquire), 0);
+        let without_log = crash_image(dir.path(), false);
+        // The log starts over after the durable commit, and later writes use it again.
+        append(&store, room, "y", "after that");
+        let crashed = crash_image(dir.path(), true);
+        store.close();
+
+        let contents = |image: &Path| {
+            let s = Store::open_with(image, Some(1), 64, metrics.clone(), hour).expect("open");
+            let all = s.messages_after_blocking(room, Id(0), 100).expect("read");
+            s.close();
+            all.into_iter().map(|m| m.content).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            contents(without_log.path()),
+            [
+                "message 0",
+                "message 1",
+                "message 2",
+                "after a failed log write"
+            ]
+        );
+        assert_eq!(contents(crashed.path()).len(), 5);
     }
 
     /// The writes since the last checkpoint live only in the log (redb keeps non-durable

@@ -1,5 +1,8 @@
-//! The write-ahead log: each batch's table changes, appended to `<data>/confab.wal` and
-//! fsynced before the batch's redb transaction commits without an fsync of its own.
+//! The write-ahead log: each batch's table changes, appended to `<data>/confab.wal` after the
+//! batch's redb transaction commits without an fsync of its own; the batch's writes complete
+//! once the record (and every earlier one) is on disk. Records are written by log threads,
+//! two at a time at most, so a later record can reach the disk before an earlier one: replay
+//! stops at the first missing record, and no write past it was ever reported done.
 //!
 //! Why: a durable redb commit writes the header and ~10 scattered pages (two tables' leaves
 //! and branches, the table tree, the freed-page list) before its `fdatasync`; in a probe on
@@ -29,6 +32,8 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Past this many bytes of log, the next batch commits durably instead (a checkpoint).
@@ -158,16 +163,91 @@ pub(super) fn changes(mut payload: &[u8]) -> Option<Vec<Change<'_>>> {
     Some(out)
 }
 
-/// The log file and where its next record goes.
-pub(super) struct Wal {
+/// The log file, shared by the threads that write records at once (each at its own offset).
+pub(super) struct LogFile {
     path: PathBuf,
-    file: File,
-    /// A buffered handle for replay: direct reads would need aligned buffers too.
-    reader: File,
-    /// Opened with `O_DIRECT | O_DSYNC`: writes need no `fdatasync`, but an aligned buffer.
-    direct: bool,
-    /// Block-aligned staging for direct writes; grows to the largest record.
-    aligned: Vec<u8>,
+    /// Opened with `O_DIRECT | O_DSYNC` when the file system takes it: a write needs no
+    /// `fdatasync`, but an aligned buffer.
+    direct_file: Option<File>,
+    /// Opened without flags: buffered writes (with `fdatasync`) and replay's reads, which
+    /// would need aligned buffers too if direct.
+    plain: File,
+    /// Cleared for good by the first direct write the file system refuses.
+    direct: AtomicBool,
+    /// Tests hold this to keep log writes from starting.
+    #[cfg(test)]
+    pub(super) pause: parking_lot::RwLock<()>,
+    /// Tests set this to fail that many log writes.
+    #[cfg(test)]
+    pub(super) fail_next: std::sync::atomic::AtomicUsize,
+}
+
+impl LogFile {
+    /// Writes one record (`block`: the record padded to whole blocks, aligned in memory; the
+    /// record itself is its first `len` bytes) at `pos`, and returns once it is on disk.
+    fn write(&self, block: &[u8], len: usize, pos: u64) -> io::Result<()> {
+        if let Some(direct) = self.direct_file.as_ref().filter(|_| self.is_direct()) {
+            match direct.write_all_at(block, pos) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    // Some file systems take O_DIRECT at open and refuse it at write time
+                    // (coarser alignment than ours): write through the page cache from now
+                    // on. The refused write wrote nothing, so the record goes to the same place.
+                    if self.direct.swap(false, Ordering::AcqRel) {
+                        tracing::warn!(error = %e, path = %self.path.display(), "O_DIRECT write refused; the write-ahead log uses fdatasync from now on");
+                    }
+                }
+                other => return other,
+            }
+        }
+        self.plain
+            .write_all_at(&block[..len], pos)
+            .and_then(|()| self.plain.sync_data())
+    }
+
+    fn is_direct(&self) -> bool {
+        self.direct.load(Ordering::Acquire)
+    }
+}
+
+/// One record on its way to the log: sealed, padded and placed. `run` may be called on any
+/// thread; several may run at once.
+pub(super) struct LogWrite {
+    file: Arc<LogFile>,
+    buf: Vec<u8>,
+    start: usize,
+    padded: usize,
+    len: usize,
+    pos: u64,
+}
+
+impl LogWrite {
+    /// Writes the record and returns once it is on disk.
+    pub(super) fn run(&self) -> io::Result<()> {
+        #[cfg(test)]
+        {
+            drop(self.file.pause.read());
+            let fail = |n: usize| n.checked_sub(1);
+            if (self.file.fail_next)
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, fail)
+                .is_ok()
+            {
+                return Err(io::Error::other("injected log write failure"));
+            }
+        }
+        let block = &self.buf[self.start..self.start + self.padded];
+        self.file.write(block, self.len, self.pos)
+    }
+
+    /// The buffer, for the next record.
+    pub(super) fn into_buf(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// The log's bookkeeping, owned by the writer thread: where the next record goes and when to
+/// checkpoint.
+pub(super) struct Wal {
+    file: Arc<LogFile>,
     /// Offset of the next record.
     pos: u64,
     /// Sequence number of the next record.
@@ -176,8 +256,8 @@ pub(super) struct Wal {
     checkpoint_age: Duration,
     /// No idle checkpoint before this: a failing disk must not make the writer spin.
     retry_at: Instant,
-    /// Set by an append or commit that failed after writing to the log: the next batch must
-    /// commit durably, which moves the log back to offset 0 past whatever was left there.
+    /// Set by a log write or checkpoint that failed: the next batch must commit durably,
+    /// which moves the log back to offset 0 past whatever was left there.
     must_checkpoint: bool,
     /// Batches committed without an fsync of redb's since the last checkpoint.
     pending: u64,
@@ -214,13 +294,22 @@ impl Wal {
             }
             Err(e) => return Err(e),
         };
-        let reader = File::open(path)?;
+        let (direct_file, plain) = if direct {
+            (Some(file), open_log(path, 0)?)
+        } else {
+            (None, file)
+        };
         Ok(Self {
-            path: path.to_path_buf(),
-            file,
-            reader,
-            direct,
-            aligned: Vec::new(),
+            file: Arc::new(LogFile {
+                path: path.to_path_buf(),
+                direct_file,
+                plain,
+                direct: AtomicBool::new(direct),
+                #[cfg(test)]
+                pause: parking_lot::RwLock::new(()),
+                #[cfg(test)]
+                fail_next: std::sync::atomic::AtomicUsize::new(0),
+            }),
             pos,
             next_seq,
             last_checkpoint: Instant::now(),
@@ -243,63 +332,54 @@ impl Wal {
         (!self.must_checkpoint && end <= CAPACITY).then_some((self.next_seq + 1, end))
     }
 
-    /// Writes the record at the current offset and fsyncs it.
-    pub(super) fn append(&mut self, record: &mut Record) -> io::Result<()> {
+    /// Seals `record` as the next one and places it after the last, in `buf` (a spare from an
+    /// earlier write, or empty): the write itself is the caller's, on any thread. The seq and
+    /// the place are used up either way: a half-written record must never match a later one.
+    pub(super) fn stage(&mut self, record: &mut Record, mut buf: Vec<u8>) -> LogWrite {
         record.seal(self.next_seq);
-        // The seq is used up either way: a half-written record must never match a later one.
         self.next_seq += 1;
-        let written = if self.direct {
-            match self.write_direct(record) {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    // Some file systems take O_DIRECT at open and refuse it at write time
-                    // (coarser alignment than ours): write through the page cache from now
-                    // on. The refused write wrote nothing, so the record goes to the same place.
-                    tracing::warn!(error = %e, "O_DIRECT write refused; the write-ahead log uses fdatasync from now on");
-                    open_log(&self.path, 0).and_then(|file| {
-                        self.file = file;
-                        self.direct = false;
-                        self.write_buffered(record)
-                    })
-                }
-                other => other,
-            }
-        } else {
-            self.write_buffered(record)
-        };
-        match written {
-            Ok(()) => {
-                self.pos += record.len();
-                Ok(())
-            }
-            Err(e) => {
-                self.must_checkpoint = true;
-                Err(e)
-            }
-        }
-    }
-
-    fn write_direct(&mut self, record: &Record) -> io::Result<()> {
         let padded = record.len() as usize;
-        if self.aligned.len() < padded + BLOCK {
-            self.aligned = vec![0; padded + BLOCK];
+        if buf.len() < padded + BLOCK {
+            buf = vec![0; padded + BLOCK];
         }
-        let start = self.aligned.as_ptr().align_offset(BLOCK);
-        let block = &mut self.aligned[start..start + padded];
+        let start = buf.as_ptr().align_offset(BLOCK);
+        let block = &mut buf[start..start + padded];
         block[..record.buf.len()].copy_from_slice(&record.buf);
         block[record.buf.len()..].fill(0);
-        self.file.write_all_at(block, self.pos)
+        let pos = self.pos;
+        self.pos += record.len();
+        LogWrite {
+            file: self.file.clone(),
+            buf,
+            start,
+            padded,
+            len: record.buf.len(),
+            pos,
+        }
     }
 
-    fn write_buffered(&self, record: &Record) -> io::Result<()> {
-        self.file
-            .write_all_at(&record.buf, self.pos)
-            .and_then(|()| self.file.sync_data())
-    }
-
-    /// The batch whose record was appended failed to commit: its record must not be replayed
-    /// ahead of later ones, so the next batch checkpoints.
-    pub(super) fn commit_failed(&mut self) {
+    /// A staged record's write failed: whether or not it reached the disk, the log is in
+    /// doubt from there on, so the next commit is durable and the log starts over.
+    pub(super) fn write_failed(&mut self) {
         self.must_checkpoint = true;
+    }
+
+    /// Stages and writes the record, for tests.
+    #[cfg(test)]
+    fn append(&mut self, record: &mut Record) -> io::Result<()> {
+        let write = self.stage(record, Vec::new());
+        write.run().inspect_err(|_| self.write_failed())
+    }
+
+    #[cfg(test)]
+    fn is_direct(&self) -> bool {
+        self.file.is_direct()
+    }
+
+    /// The file, for tests that pause or fail its writes.
+    #[cfg(test)]
+    pub(super) fn file(&self) -> Arc<LogFile> {
+        self.file.clone()
     }
 
     /// A checkpoint failed: the next batch commits durably, and the idle writer tries again
@@ -356,7 +436,7 @@ impl Wal {
     /// `None` when there is no such record there (end of the log).
     pub(super) fn read(&self, seq: u64, pos: u64) -> io::Result<Option<(Vec<u8>, u64)>> {
         let mut header = [0u8; HEADER];
-        if !read_full(&self.reader, &mut header, pos)? {
+        if !read_full(&self.file.plain, &mut header, pos)? {
             return Ok(None);
         }
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
@@ -366,7 +446,7 @@ impl Wal {
             return Ok(None);
         }
         let mut payload = vec![0u8; len as usize];
-        if !read_full(&self.reader, &mut payload, pos + HEADER as u64)? {
+        if !read_full(&self.file.plain, &mut payload, pos + HEADER as u64)? {
             return Ok(None);
         }
         if checksum(&header[8..16], &payload) != crc {
@@ -457,7 +537,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let mut wal =
             Wal::open_flags(&dir.path().join("w"), 1, 0, CHECKPOINT_AGE, false).expect("open");
-        assert!(!wal.direct);
+        assert!(!wal.is_direct());
         wal.append(&mut record(&[(b"k", Some(b"v"))]))
             .expect("append");
         let (p, end) = wal.read(1, 0).expect("read").expect("record 1");
@@ -471,13 +551,13 @@ mod tests {
     fn a_refused_direct_write_falls_back_to_buffered() {
         let dir = tempfile::tempdir().expect("dir");
         let mut wal = Wal::open(&dir.path().join("w"), 1, 100, CHECKPOINT_AGE).expect("open");
-        if !wal.direct {
+        if !wal.is_direct() {
             eprintln!("this file system refuses O_DIRECT at open; nothing to fall back from");
             return;
         }
         wal.append(&mut record(&[(b"k", Some(b"v"))]))
             .expect("append falls back");
-        assert!(!wal.direct);
+        assert!(!wal.is_direct());
         let (p, _) = wal.read(1, 100).expect("read").expect("record 1");
         assert_eq!(changes(&p).expect("parses").len(), 1);
         wal.append(&mut record(&[(b"k2", Some(b"v2"))]))
@@ -581,7 +661,7 @@ mod tests {
             wal.after(&record(&[(b"k", Some(&[0u8; 4096]))])).is_none(),
             "does not fit"
         );
-        wal.commit_failed();
+        wal.write_failed();
         assert!(wal.after(&record(&[(b"k", Some(b"v"))])).is_none());
         wal.checkpointed();
         assert_eq!(wal.next(), (1, 0));
