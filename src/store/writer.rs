@@ -243,6 +243,12 @@ pub(super) type ViewCell = parking_lot::RwLock<Option<Arc<View>>>;
 /// one alone. Completions still run in batch order.
 const LOG_WRITES_IN_FLIGHT: usize = 2;
 
+/// A second log write starts only while the batch already being written holds at most this
+/// many writes. Under light load that spares a message the wait for another's write; under
+/// heavy load batches are large, and waiting lets the next batch grow (one commit, one log
+/// write and one push per recipient and room for all of it) instead of splitting it in two.
+const OVERLAP_MAX_WRITES: usize = 4;
+
 /// Everything the writer thread owns.
 pub(super) struct Writer {
     pub db: Arc<Database>,
@@ -388,7 +394,9 @@ struct Pipeline {
 
 impl Pipeline {
     fn can_start(&self) -> bool {
-        self.log.running() < LOG_WRITES_IN_FLIGHT
+        let small = |s: &Slot| s.state != SlotState::Writing || s.dones.len() <= OVERLAP_MAX_WRITES;
+        let running = self.log.running();
+        (running == 0 || (running < LOG_WRITES_IN_FLIGHT && self.slots.iter().all(small)))
             && (!self.hold || self.idle())
             && !self.slots.iter().any(|s| s.state == SlotState::LogFailed)
     }
