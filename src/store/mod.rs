@@ -907,6 +907,47 @@ mod tests {
         assert_eq!(contents(crashed.path()).len(), 5);
     }
 
+    /// A record whose crc passes but whose bytes do not fit its table (a writer bug, or a
+    /// layout changed without replaying first) stops the open with `Corrupt`, not a panic.
+    #[test]
+    fn a_logged_change_that_does_not_fit_its_table_is_refused_at_replay() {
+        let bad: [(u8, &[u8], &[u8]); 2] = [
+            // messages: the key is (u64, u64), 16 bytes.
+            (wal_table::MESSAGES, b"short", b"{}"),
+            // accounts: the key is a string.
+            (wal_table::ACCOUNTS, &[0xff, 0xfe], b"{}"),
+        ];
+        for (table, key, value) in bad {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let metrics = Arc::new(Metrics::new());
+            Store::open(dir.path(), Some(1), 64, metrics.clone())
+                .expect("open")
+                .close();
+            let (_, seq, pos) = {
+                let db = Database::open(dir.path().join("confab.redb")).expect("db");
+                tables::positions(&db).expect("positions")
+            };
+            let mut log = wal::Wal::open(
+                &dir.path().join("confab.wal"),
+                seq,
+                pos,
+                wal::CHECKPOINT_AGE,
+            )
+            .expect("log");
+            let mut record = wal::Record::new();
+            record.insert(table, key, value);
+            log.append(&mut record).expect("append");
+            drop(log);
+            match Store::open(dir.path(), Some(1), 64, metrics) {
+                Err(StoreError::Corrupt { message, .. }) => {
+                    assert!(message.contains("does not fit"), "{message}")
+                }
+                Err(other) => panic!("table {table}: unexpected error {other}"),
+                Ok(_) => panic!("table {table}: a misfit record was replayed"),
+            }
+        }
+    }
+
     /// The writes since the last checkpoint live only in the log (redb keeps non-durable
     /// commits in memory); after a crash, opening the data dir replays them, exactly once.
     #[test]

@@ -2,7 +2,7 @@
 
 use super::StoreError;
 use crate::model::Id;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 /// Bump when a table's layout changes, and add a migration in `init`.
 pub const SCHEMA_VERSION: u64 = 2;
@@ -159,16 +159,39 @@ pub fn apply_logged(
         def: TableDefinition<K, V>,
         change: &Change<'_>,
     ) -> Result<(), StoreError> {
+        let (key, value) = match *change {
+            Change::Insert { key, value, .. } => (key, Some(value)),
+            Change::Remove { key, .. } => (key, None),
+        };
+        // redb's `from_bytes` assumes bytes it wrote itself and panics on others (a short
+        // fixed-width key, a string that is not UTF-8). The crc rules out a torn write, so
+        // such a record means a bug or an unmigrated layout: refuse it with an error.
+        let fits = |width: Option<usize>, bytes: &[u8]| width.is_none_or(|w| w == bytes.len());
+        if !fits(K::fixed_width(), key) || !value.is_none_or(|v| fits(V::fixed_width(), v)) {
+            return Err(misfit(def.name()));
+        }
         let mut t = txn.open_table(def)?;
-        match *change {
-            Change::Insert { key, value, .. } => {
-                t.insert(K::from_bytes(key), V::from_bytes(value))?;
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            (K::from_bytes(key), value.map(|v| V::from_bytes(v)))
+        }));
+        let Ok((key, value)) = decoded else {
+            return Err(misfit(def.name()));
+        };
+        match value {
+            Some(value) => {
+                t.insert(key, value)?;
             }
-            Change::Remove { key, .. } => {
-                t.remove(K::from_bytes(key))?;
+            None => {
+                t.remove(key)?;
             }
         }
         Ok(())
+    }
+    fn misfit(table: &str) -> StoreError {
+        StoreError::Corrupt {
+            table: "write-ahead log",
+            message: format!("a record's key or value does not fit table {table}"),
+        }
     }
     let table = match *change {
         Change::Insert { table, .. } | Change::Remove { table, .. } => table,

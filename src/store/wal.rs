@@ -366,7 +366,7 @@ impl Wal {
 
     /// Stages and writes the record, for tests.
     #[cfg(test)]
-    fn append(&mut self, record: &mut Record) -> io::Result<()> {
+    pub(super) fn append(&mut self, record: &mut Record) -> io::Result<()> {
         let write = self.stage(record, Vec::new());
         write.run().inspect_err(|_| self.write_failed())
     }
