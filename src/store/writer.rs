@@ -602,9 +602,24 @@ fn run(writer: Writer, log: LogThreads) {
     };
     let mut backlog: VecDeque<(WriteOp, Completion)> = VecDeque::new();
     let mut stopping = false;
+    let mut wait = false;
     loop {
-        // Everything queued so far, without waiting.
-        while let Ok(job) = rx.try_recv() {
+        // Nothing to do until a write comes or a log write ends. Only an idle writer
+        // checkpoints (and never a stopped one: that would make its failed batches durable).
+        let first = match wait {
+            false => None,
+            true if pipe.idle() && !stopping && !pipe.stopped => next_job(&db, &rx, &mut cx.wal),
+            true => rx.recv().ok(),
+        };
+        if wait && first.is_none() {
+            // Every sender is gone, the log threads' too: nothing more can arrive.
+            break;
+        }
+        // That, and everything else queued so far.
+        let queued_now = first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()));
+        for job in queued_now {
             take(
                 job,
                 &mut backlog,
@@ -617,6 +632,7 @@ fn run(writer: Writer, log: LogThreads) {
         }
         pipe.recover(&db, &mut cx.wal);
         cx.release(&mut pipe);
+        wait = false;
         if !backlog.is_empty() && (pipe.can_start() || pipe.stopped) {
             let n = backlog.len().min(max_batch);
             queued.fetch_sub(n, Ordering::AcqRel);
@@ -629,26 +645,7 @@ fn run(writer: Writer, log: LogThreads) {
         if stopping && backlog.is_empty() && pipe.idle() {
             break;
         }
-        // Nothing to do until a write comes or a log write ends. Only an idle writer
-        // checkpoints (and never a stopped one: that would make its failed batches durable).
-        let job = if pipe.idle() && !stopping && !pipe.stopped {
-            next_job(&db, &rx, &mut cx.wal)
-        } else {
-            rx.recv().ok()
-        };
-        match job {
-            Some(job) => take(
-                job,
-                &mut backlog,
-                &mut pipe,
-                &mut cx,
-                &mut stopping,
-                &queued,
-                &metrics,
-            ),
-            // Every sender is gone, the log threads' too: nothing more can arrive.
-            None => break,
-        }
+        wait = true;
     }
     pipe.log.stop();
     // A clean stop leaves nothing for the next start to replay.
