@@ -23,7 +23,10 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     pub commit_batch_size: Histogram,
     pub commit_seconds: Histogram,
+    pub checkpoint_seconds: Histogram,
+    pub log_write_seconds: Histogram,
     pub write_queue_depth: Gauge,
+    pub storage_stopped: Gauge,
     resident_bytes: Gauge<u64, AtomicU64>,
     storage_bytes: Gauge<u64, AtomicU64>,
     pub files_disk_bytes: Gauge<u64, AtomicU64>,
@@ -57,7 +60,10 @@ impl Metrics {
             slow_consumer_closes: Counter::default(),
             commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
+            checkpoint_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
+            log_write_seconds: Histogram::new(exponential_buckets(0.000_125, 2.0, 15)),
             write_queue_depth: Gauge::default(),
+            storage_stopped: Gauge::default(),
             resident_bytes: Gauge::default(),
             storage_bytes: Gauge::default(),
             files_disk_bytes: Gauge::default(),
@@ -123,9 +129,24 @@ impl Metrics {
             m.commit_seconds.clone(),
         );
         r.register(
+            "confab_checkpoint_seconds",
+            "Time a storage checkpoint (a durable commit that starts the write-ahead log over) holds the writer",
+            m.checkpoint_seconds.clone(),
+        );
+        r.register(
+            "confab_log_write_seconds",
+            "Time from a log thread starting a write-ahead log record's write until it runs again with the record on disk (the write, its flush, and the wait for the CPU)",
+            m.log_write_seconds.clone(),
+        );
+        r.register(
             "confab_write_queue_depth",
             "Writes waiting for the storage writer",
             m.write_queue_depth.clone(),
+        );
+        r.register(
+            "confab_storage_stopped",
+            "1 once storage has stopped after a failed disk write (every write fails until a restart)",
+            m.storage_stopped.clone(),
         );
         r.register(
             "process_resident_memory_bytes",

@@ -110,10 +110,15 @@ async fn route_inner(
         (_, ["ws"]) => return super::ws::upgrade(st, peer, req).await,
         (&Method::OPTIONS, ["api" | "files", ..]) => return preflight(&st, req.headers()),
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
-        (&Method::GET, ["readyz"]) => Ok(if st.ready.load(Ordering::Acquire) {
-            text(StatusCode::OK, "ready\n")
-        } else {
+        (&Method::GET, ["readyz"]) => Ok(if !st.ready.load(Ordering::Acquire) {
             text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+        } else if st.hub.store().is_stopped() {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage stopped after a failed disk write; restart Confab\n",
+            )
+        } else {
+            text(StatusCode::OK, "ready\n")
         }),
         (&Method::GET, ["metrics"]) => {
             let body = st.metrics.render(st.hub.store().path());

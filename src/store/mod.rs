@@ -92,6 +92,8 @@ struct Inner {
     after_batch: Arc<std::sync::OnceLock<writer::AfterBatch>>,
     /// Published by the writer as each batch's completions run; taken by `close`.
     view: Arc<writer::ViewCell>,
+    /// Set by the writer when it stops after a failed log write and checkpoint.
+    stopped: Arc<AtomicBool>,
     #[cfg(test)]
     log: Arc<wal::LogFile>,
 }
@@ -165,6 +167,7 @@ impl Store {
         let (tx, rx) = std::sync::mpsc::channel();
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let after_batch = Arc::new(std::sync::OnceLock::new());
+        let stopped = Arc::new(AtomicBool::new(false));
         #[cfg(test)]
         let log = wal.file();
         let view = Arc::new(parking_lot::RwLock::new(Some(Arc::new(writer::View::new(
@@ -181,6 +184,7 @@ impl Store {
             after_batch: after_batch.clone(),
             view: view.clone(),
             wal,
+            stopped: stopped.clone(),
         })?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -194,6 +198,7 @@ impl Store {
                 metrics,
                 after_batch,
                 view,
+                stopped,
                 #[cfg(test)]
                 log,
             }),
@@ -250,6 +255,12 @@ impl Store {
     }
 
     /// Stops taking writes, lets the writer commit everything already queued, and waits for it.
+    /// Whether the writer has stopped: a log write and the durable commit after it both
+    /// failed, so every write fails until Confab restarts (and recovers what is on disk).
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::Acquire)
+    }
+
     pub fn close(&self) {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;
@@ -263,6 +274,14 @@ impl Store {
         let Some(mut db) = self.inner.db.write().take() else {
             return;
         };
+        if self.is_stopped() {
+            // The writer keeps the database open for good (see `writer::run`): waiting for
+            // it to close would be in vain.
+            tracing::warn!(
+                "storage stopped earlier after a failed disk write; the next start recovers it as after a crash"
+            );
+            return;
+        }
         // Reads still running hold their own reference: give them a moment to finish.
         for _ in 0..200 {
             match Arc::try_unwrap(db) {
@@ -905,6 +924,57 @@ mod tests {
             ]
         );
         assert_eq!(contents(crashed.path()).len(), 5);
+    }
+
+    /// A log write fails and so does the checkpoint that would cover it: that write fails, the
+    /// store says it has stopped and refuses every later write, and what the next start
+    /// recovers has everything written before and nothing of the failed write, although redb
+    /// had committed it in memory (and would make it durable if the store closed it).
+    #[test]
+    fn when_a_log_write_and_its_checkpoint_fail_the_store_stops_and_the_write_stays_undone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hour = std::time::Duration::from_secs(3600);
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open_with(dir.path(), Some(1), 64, metrics.clone(), hour).expect("open");
+        let room = room_and_messages(&store, 3);
+        assert!(!store.is_stopped());
+        store.inner.log.fail_next.store(1, Ordering::Release);
+        store.inner.log.fail_checkpoints.store(1, Ordering::Release);
+        let send = |client_msg_id: &str, content: &str| {
+            store.write_blocking(WriteOp::AppendMessage {
+                room,
+                sender: crate::model::UserId::from("alice"),
+                client_msg_id: client_msg_id.into(),
+                kind: crate::model::MessageType::Text,
+                content: content.into(),
+                file: None,
+            })
+        };
+        assert!(matches!(send("x", "lost"), Err(StoreError::Io(_))));
+        assert!(store.is_stopped());
+        assert_eq!(metrics.storage_stopped.get(), 1);
+        assert!(matches!(send("y", "refused"), Err(StoreError::Io(_))));
+        let seen = store
+            .messages_after_blocking(room, Id(0), 100)
+            .expect("read");
+        assert_eq!(seen.len(), 3, "a read sees the failed write");
+        // Closing must not make redb's in-memory commit of the failed write durable.
+        store.close();
+        let image = crash_image(dir.path(), true);
+
+        let s = Store::open_with(image.path(), Some(1), 64, metrics.clone(), hour).expect("open");
+        assert!(!s.is_stopped());
+        let contents = |s: &Store| {
+            s.messages_after_blocking(room, Id(0), 100)
+                .expect("read")
+                .into_iter()
+                .map(|m| m.content)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(contents(&s), ["message 0", "message 1", "message 2"]);
+        append(&s, room, "z", "after the restart");
+        assert_eq!(contents(&s).len(), 4);
+        s.close();
     }
 
     /// A record whose crc passes but whose bytes do not fit its table (a writer bug, or a

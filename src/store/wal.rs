@@ -180,6 +180,9 @@ pub(super) struct LogFile {
     /// Tests set this to fail that many log writes.
     #[cfg(test)]
     pub(super) fail_next: std::sync::atomic::AtomicUsize,
+    /// Tests set this to fail that many checkpoints (before they write anything).
+    #[cfg(test)]
+    pub(super) fail_checkpoints: std::sync::atomic::AtomicUsize,
 }
 
 impl LogFile {
@@ -226,11 +229,7 @@ impl LogWrite {
         #[cfg(test)]
         {
             drop(self.file.pause.read());
-            let fail = |n: usize| n.checked_sub(1);
-            if (self.file.fail_next)
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, fail)
-                .is_ok()
-            {
+            if take_one(&self.file.fail_next) {
                 return Err(io::Error::other("injected log write failure"));
             }
         }
@@ -309,6 +308,8 @@ impl Wal {
                 pause: parking_lot::RwLock::new(()),
                 #[cfg(test)]
                 fail_next: std::sync::atomic::AtomicUsize::new(0),
+                #[cfg(test)]
+                fail_checkpoints: std::sync::atomic::AtomicUsize::new(0),
             }),
             pos,
             next_seq,
@@ -380,6 +381,12 @@ impl Wal {
     #[cfg(test)]
     pub(super) fn file(&self) -> Arc<LogFile> {
         self.file.clone()
+    }
+
+    /// Whether a test asked for this checkpoint to fail.
+    #[cfg(test)]
+    pub(super) fn checkpoint_fails(&self) -> bool {
+        take_one(&self.file.fail_checkpoints)
     }
 
     /// A checkpoint failed: the next batch commits durably, and the idle writer tries again
@@ -458,6 +465,14 @@ impl Wal {
 }
 
 /// Opens (or creates) the log file for writing, with extra open flags.
+/// Takes one from a test's failure count; `true` if there was one to take.
+#[cfg(test)]
+fn take_one(count: &std::sync::atomic::AtomicUsize) -> bool {
+    count
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        .is_ok()
+}
+
 fn open_log(path: &Path, flags: i32) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()

@@ -18,7 +18,7 @@ use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ops::RangeBounds;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -262,10 +262,12 @@ pub(super) struct Writer {
     pub after_batch: Arc<OnceLock<AfterBatch>>,
     pub view: Arc<ViewCell>,
     pub wal: Wal,
+    /// Set once the writer has stopped (`Pipeline::stopped`), for readiness checks.
+    pub stopped: Arc<AtomicBool>,
 }
 
 pub(super) fn spawn(writer: Writer) -> Result<std::thread::JoinHandle<()>, StoreError> {
-    let log = LogThreads::spawn(LOG_WRITES_IN_FLIGHT, &writer.loopback)?;
+    let log = LogThreads::spawn(LOG_WRITES_IN_FLIGHT, &writer.loopback, &writer.metrics)?;
     let handle = std::thread::Builder::new()
         .name("confab-store-writer".into())
         .spawn(move || run(writer, log))?;
@@ -282,17 +284,22 @@ struct LogThreads {
 }
 
 impl LogThreads {
-    fn spawn(n: usize, back: &Sender<Job>) -> std::io::Result<Self> {
+    fn spawn(n: usize, back: &Sender<Job>, metrics: &Arc<Metrics>) -> std::io::Result<Self> {
         let mut queues = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         for thread in 0..n {
             let (tx, rx) = std::sync::mpsc::channel::<(u64, LogWrite)>();
             let back = back.clone();
+            let metrics = Arc::clone(metrics);
             let handle = std::thread::Builder::new()
                 .name(format!("confab-store-log{thread}"))
                 .spawn(move || {
                     while let Ok((slot, write)) = rx.recv() {
+                        let started = Instant::now();
                         let result = write.run();
+                        metrics
+                            .log_write_seconds
+                            .observe(started.elapsed().as_secs_f64());
                         let buf = write.into_buf();
                         let done = Job::Logged {
                             thread,
@@ -475,11 +482,11 @@ impl Pipeline {
     /// Once every write is back after one failed: a checkpoint makes all committed batches
     /// durable, failed write included; if that fails too, the batches from the failed write
     /// on fail, and the writer stops.
-    fn recover(&mut self, db: &Database, wal: &mut Wal) {
+    fn recover(&mut self, db: &Database, wal: &mut Wal, metrics: &Metrics) {
         if self.log.running() > 0 || !self.slots.iter().any(|s| s.state == SlotState::LogFailed) {
             return;
         }
-        if checkpoint(db, wal) {
+        if checkpoint(db, wal, metrics) {
             tracing::warn!("storage committed durably in place of a failed log write");
             for s in &mut self.slots {
                 s.state = SlotState::Ready;
@@ -580,6 +587,7 @@ fn run(writer: Writer, log: LogThreads) {
         after_batch,
         view,
         wal,
+        stopped,
     } = writer;
     // The log threads hold their own senders; the store's handle sends `Stop` when dropped.
     drop(loopback);
@@ -608,7 +616,9 @@ fn run(writer: Writer, log: LogThreads) {
         // checkpoints (and never a stopped one: that would make its failed batches durable).
         let first = match wait {
             false => None,
-            true if pipe.idle() && !stopping && !pipe.stopped => next_job(&db, &rx, &mut cx.wal),
+            true if pipe.idle() && !stopping && !pipe.stopped => {
+                next_job(&db, &rx, &mut cx.wal, &metrics)
+            }
             true => rx.recv().ok(),
         };
         if wait && first.is_none() {
@@ -630,7 +640,16 @@ fn run(writer: Writer, log: LogThreads) {
                 &metrics,
             );
         }
-        pipe.recover(&db, &mut cx.wal);
+        pipe.recover(&db, &mut cx.wal, &metrics);
+        if pipe.stopped && !stopped.swap(true, Ordering::AcqRel) {
+            // redb makes its pending non-durable commits durable when the last handle to the
+            // database closes, which would bring back the batches just reported failed. This
+            // handle is never dropped, so redb never closes: the next start recovers the
+            // file as after a crash (the last checkpoint, then the log up to the failed
+            // record).
+            std::mem::forget(Arc::clone(&db));
+            metrics.storage_stopped.set(1);
+        }
         cx.release(&mut pipe);
         wait = false;
         if !backlog.is_empty() && (pipe.can_start() || pipe.stopped) {
@@ -650,7 +669,7 @@ fn run(writer: Writer, log: LogThreads) {
     pipe.log.stop();
     // A clean stop leaves nothing for the next start to replay.
     if cx.wal.has_pending() && !pipe.stopped {
-        checkpoint(&db, &mut cx.wal);
+        checkpoint(&db, &mut cx.wal, &metrics);
     }
 }
 
@@ -686,14 +705,14 @@ fn take(
 /// Waits for the next job. While the log covers commits that redb has not made durable, the
 /// wait ends when a checkpoint falls due, and an idle writer checkpoints then, so no write
 /// waits for it. `None` when every sender is gone.
-fn next_job(db: &Database, rx: &Receiver<Job>, wal: &mut Wal) -> Option<Job> {
+fn next_job(db: &Database, rx: &Receiver<Job>, wal: &mut Wal, metrics: &Metrics) -> Option<Job> {
     loop {
         if wal.checkpoint_due() {
             match rx.try_recv() {
                 Ok(job) => return Some(job),
                 Err(TryRecvError::Disconnected) => return None,
                 Err(TryRecvError::Empty) => {
-                    checkpoint(db, wal);
+                    checkpoint(db, wal, metrics);
                 }
             }
         }
@@ -711,13 +730,23 @@ fn next_job(db: &Database, rx: &Receiver<Job>, wal: &mut Wal) -> Option<Job> {
 /// Commits everything so far durably and starts the log over. A failure is logged and
 /// retried at the next idle moment; until one succeeds the log keeps covering the commits.
 /// Only with no log write running: a late one could land on the log's new start.
-fn checkpoint(db: &Database, wal: &mut Wal) -> bool {
+fn checkpoint(db: &Database, wal: &mut Wal, metrics: &Metrics) -> bool {
+    let started = Instant::now();
     let done = (|| -> Result<(), StoreError> {
+        #[cfg(test)]
+        if wal.checkpoint_fails() {
+            return Err(StoreError::Io(std::io::Error::other(
+                "injected checkpoint failure",
+            )));
+        }
         let txn = db.begin_write()?;
         set_log_position(&txn, wal.next().0, 0)?;
         txn.commit()?;
         Ok(())
     })();
+    metrics
+        .checkpoint_seconds
+        .observe(started.elapsed().as_secs_f64());
     match done {
         Ok(()) => {
             wal.checkpointed();
