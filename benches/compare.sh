@@ -7,8 +7,10 @@
 #   benches/compare.sh                                   # everything, ~10-20 minutes after the build
 #   SERVERS="confab ceiling" SCENARIOS=latency benches/compare.sh
 #
-# Output: $RESULTS_DIR/<date>-comparison.md (copied to latest.md), and the raw JSON reports, one
-# line per run, in $RESULTS_DIR/<date>-raw/runs.jsonl (with each run's loadgen output next to it).
+# Output: $RESULTS_DIR/<date>-at-<commit>/comparison.md (copied to latest.md), and the raw JSON
+# reports, one line per run, in $RESULTS_DIR/<date>-at-<commit>/raw/runs.jsonl (with each run's
+# loadgen output next to it). Named by commit too, so a second run the same day at another
+# commit keeps the first.
 #
 # Environment:
 #   SERVERS        which servers, in order (default "confab socketio socketio-pg ceiling"; also
@@ -94,6 +96,8 @@ fi
 if [ "$BUILD" != 0 ]; then cargo build --release; fi
 # What was built (the tree may change while the comparison runs).
 COMMIT="$(git rev-parse --short HEAD 2>/dev/null || true)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo -dirty)"
+RUN_DIR=$RESULTS_DIR/$DATE-at-$REV
 LOADGEN=target/release/confab-loadgen
 HAVE_PEER=1
 if ! "$LOADGEN" --help 2>&1 | grep -q -- '--peer'; then
@@ -142,7 +146,7 @@ fi
 
 WORK=$(mktemp -d -t confab-compare.XXXXXX)
 chmod 711 "$WORK" # the PostgreSQL user must reach its directory inside
-RAW_DIR=$RESULTS_DIR/$DATE-raw
+RAW_DIR=$RUN_DIR/raw
 rm -rf "$RAW_DIR"
 mkdir -p "$RAW_DIR"
 RUNS=$RAW_DIR/runs.jsonl
@@ -565,7 +569,7 @@ export C_DATE="$DATE" C_COMMAND="$COMMAND" C_PINNING="$PINNING" C_ELAPSED="$ELAP
     C_FS="$(df -T "$WORK" 2>/dev/null | awk 'NR == 2 { print $2 }')" \
     C_RAW="$RAW_DIR"
 
-TABLE=$RESULTS_DIR/$DATE-comparison.md
+TABLE=$RUN_DIR/comparison.md
 python3 - "$RUNS" >"$TABLE" <<'PY'
 import json, os, sys
 
