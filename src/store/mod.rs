@@ -254,13 +254,13 @@ impl Store {
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Stops taking writes, lets the writer commit everything already queued, and waits for it.
     /// Whether the writer has stopped: a log write and the durable commit after it both
     /// failed, so every write fails until Confab restarts (and recovers what is on disk).
     pub fn is_stopped(&self) -> bool {
         self.inner.stopped.load(Ordering::Acquire)
     }
 
+    /// Stops taking writes, lets the writer commit everything already queued, and waits for it.
     pub fn close(&self) {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;

@@ -464,7 +464,6 @@ impl Wal {
     }
 }
 
-/// Opens (or creates) the log file for writing, with extra open flags.
 /// Takes one from a test's failure count; `true` if there was one to take.
 #[cfg(test)]
 fn take_one(count: &std::sync::atomic::AtomicUsize) -> bool {
@@ -473,6 +472,7 @@ fn take_one(count: &std::sync::atomic::AtomicUsize) -> bool {
         .is_ok()
 }
 
+/// Opens (or creates) the log file for writing, with extra open flags.
 fn open_log(path: &Path, flags: i32) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
