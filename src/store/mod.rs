@@ -783,18 +783,43 @@ mod tests {
         room
     }
 
-    /// Alice sends `content` with `client_msg_id` to `room`.
-    fn append(store: &Store, room: Id, client_msg_id: &str, content: &str) -> WriteOutput {
+    /// Idle writers in these tests checkpoint only when a test says so.
+    const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    /// The store in `dir` (node 1, batches of 64), whose idle writer checkpoints after `age`.
+    fn open_at(dir: &Path, age: std::time::Duration) -> Store {
+        Store::open_with(dir, Some(1), 64, Arc::new(Metrics::new()), age).expect("open")
+    }
+
+    /// The contents of `room`'s messages, oldest first.
+    fn contents(store: &Store, room: Id) -> Vec<String> {
         store
-            .write_blocking(WriteOp::AppendMessage {
-                room,
-                sender: crate::model::UserId::from("alice"),
-                client_msg_id: client_msg_id.into(),
-                kind: crate::model::MessageType::Text,
-                content: content.into(),
-                file: None,
-            })
-            .expect("append")
+            .messages_after_blocking(room, Id(0), 1000)
+            .expect("history")
+            .into_iter()
+            .map(|m| m.content)
+            .collect()
+    }
+
+    /// Alice sends `content` with `client_msg_id` to `room`.
+    fn try_append(
+        store: &Store,
+        room: Id,
+        client_msg_id: &str,
+        content: &str,
+    ) -> Result<WriteOutput, StoreError> {
+        store.write_blocking(WriteOp::AppendMessage {
+            room,
+            sender: crate::model::UserId::from("alice"),
+            client_msg_id: client_msg_id.into(),
+            kind: crate::model::MessageType::Text,
+            content: content.into(),
+            file: None,
+        })
+    }
+
+    fn append(store: &Store, room: Id, client_msg_id: &str, content: &str) -> WriteOutput {
+        try_append(store, room, client_msg_id, content).expect("append")
     }
 
     /// What a crash leaves: the files as they are on disk while the store runs.
@@ -826,9 +851,7 @@ mod tests {
     #[test]
     fn a_write_is_read_and_completed_only_once_its_record_is_on_disk() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let hour = std::time::Duration::from_secs(3600);
-        let store = Store::open_with(dir.path(), Some(1), 64, Arc::new(Metrics::new()), hour)
-            .expect("open");
+        let store = open_at(dir.path(), HOUR);
         let room = room_and_messages(&store, 0);
         let paused = store.inner.log.pause.write();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -895,9 +918,7 @@ mod tests {
     #[test]
     fn a_failed_log_write_is_made_good_by_a_durable_commit() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let hour = std::time::Duration::from_secs(3600);
-        let metrics = Arc::new(Metrics::new());
-        let store = Store::open_with(dir.path(), Some(1), 64, metrics.clone(), hour).expect("open");
+        let store = open_at(dir.path(), HOUR);
         let room = room_and_messages(&store, 3);
         store.inner.log.fail_next.store(1, Ordering::Release);
         append(&store, room, "x", "after a failed log write");
@@ -908,14 +929,14 @@ mod tests {
         let crashed = crash_image(dir.path(), true);
         store.close();
 
-        let contents = |image: &Path| {
-            let s = Store::open_with(image, Some(1), 64, metrics.clone(), hour).expect("open");
-            let all = s.messages_after_blocking(room, Id(0), 100).expect("read");
+        let reopened = |image: &Path| {
+            let s = open_at(image, HOUR);
+            let all = contents(&s, room);
             s.close();
-            all.into_iter().map(|m| m.content).collect::<Vec<_>>()
+            all
         };
         assert_eq!(
-            contents(without_log.path()),
+            reopened(without_log.path()),
             [
                 "message 0",
                 "message 1",
@@ -923,7 +944,7 @@ mod tests {
                 "after a failed log write"
             ]
         );
-        assert_eq!(contents(crashed.path()).len(), 5);
+        assert_eq!(reopened(crashed.path()).len(), 5);
     }
 
     /// A log write fails and so does the checkpoint that would cover it: that write fails, the
@@ -933,47 +954,31 @@ mod tests {
     #[test]
     fn when_a_log_write_and_its_checkpoint_fail_the_store_stops_and_the_write_stays_undone() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let hour = std::time::Duration::from_secs(3600);
-        let metrics = Arc::new(Metrics::new());
-        let store = Store::open_with(dir.path(), Some(1), 64, metrics.clone(), hour).expect("open");
+        let store = open_at(dir.path(), HOUR);
         let room = room_and_messages(&store, 3);
         assert!(!store.is_stopped());
         store.inner.log.fail_next.store(1, Ordering::Release);
         store.inner.log.fail_checkpoints.store(1, Ordering::Release);
-        let send = |client_msg_id: &str, content: &str| {
-            store.write_blocking(WriteOp::AppendMessage {
-                room,
-                sender: crate::model::UserId::from("alice"),
-                client_msg_id: client_msg_id.into(),
-                kind: crate::model::MessageType::Text,
-                content: content.into(),
-                file: None,
-            })
-        };
-        assert!(matches!(send("x", "lost"), Err(StoreError::Io(_))));
+        let failed = try_append(&store, room, "x", "lost");
+        assert!(matches!(failed, Err(StoreError::Io(_))), "{failed:?}");
         assert!(store.is_stopped());
-        assert_eq!(metrics.storage_stopped.get(), 1);
-        assert!(matches!(send("y", "refused"), Err(StoreError::Io(_))));
-        let seen = store
-            .messages_after_blocking(room, Id(0), 100)
-            .expect("read");
-        assert_eq!(seen.len(), 3, "a read sees the failed write");
+        assert_eq!(store.inner.metrics.storage_stopped.get(), 1);
+        let refused = try_append(&store, room, "y", "refused");
+        assert!(matches!(refused, Err(StoreError::Io(_))), "{refused:?}");
+        assert_eq!(
+            contents(&store, room).len(),
+            3,
+            "a read sees the failed write"
+        );
         // Closing must not make redb's in-memory commit of the failed write durable.
         store.close();
         let image = crash_image(dir.path(), true);
 
-        let s = Store::open_with(image.path(), Some(1), 64, metrics.clone(), hour).expect("open");
+        let s = open_at(image.path(), HOUR);
         assert!(!s.is_stopped());
-        let contents = |s: &Store| {
-            s.messages_after_blocking(room, Id(0), 100)
-                .expect("read")
-                .into_iter()
-                .map(|m| m.content)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(contents(&s), ["message 0", "message 1", "message 2"]);
+        assert_eq!(contents(&s, room), ["message 0", "message 1", "message 2"]);
         append(&s, room, "z", "after the restart");
-        assert_eq!(contents(&s).len(), 4);
+        assert_eq!(contents(&s, room).len(), 4);
         s.close();
     }
 
@@ -1023,9 +1028,7 @@ mod tests {
     #[test]
     fn writes_after_the_last_checkpoint_come_back_from_the_log_after_a_crash() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let hour = std::time::Duration::from_secs(3600);
-        let metrics = Arc::new(Metrics::new());
-        let store = Store::open_with(dir.path(), Some(1), 64, metrics.clone(), hour).expect("open");
+        let store = open_at(dir.path(), HOUR);
         let room = room_and_messages(&store, 40);
         let last = store.last_id_blocking().expect("last id");
 
@@ -1033,23 +1036,21 @@ mod tests {
         let crashed = crash_image(dir.path(), true);
         store.close();
 
-        let lost = Store::open_with(without_log.path(), Some(1), 64, metrics.clone(), hour)
-            .expect("open the image without its log");
+        let lost = open_at(without_log.path(), HOUR);
         assert!(
             lost.room_ids_blocking().expect("rooms").is_empty(),
             "without the log, the writes since the last checkpoint are not on disk"
         );
         lost.close();
 
-        let back = Store::open_with(crashed.path(), Some(1), 64, metrics.clone(), hour)
-            .expect("open the crash image");
+        let back = open_at(crashed.path(), HOUR);
         assert_eq!(back.room_ids_blocking().expect("rooms"), vec![room]);
-        let messages = back
-            .messages_after_blocking(room, Id(0), 1000)
-            .expect("history");
-        let contents: Vec<_> = messages.iter().map(|m| m.content.clone()).collect();
         let expected: Vec<_> = (0..40).map(|i| format!("message {i}")).collect();
-        assert_eq!(contents, expected, "every write once, in order");
+        assert_eq!(
+            contents(&back, room),
+            expected,
+            "every write once, in order"
+        );
         assert_eq!(back.last_id_blocking().expect("last id"), last, "ids go on");
         // New writes after the replay get new ids and survive a second crash too.
         let more = append(&back, room, "after", "after");
@@ -1062,7 +1063,7 @@ mod tests {
         assert!(!duplicate && message.id > last);
         let again = crash_image(crashed.path(), true);
         back.close();
-        let back2 = Store::open_with(again.path(), Some(1), 64, metrics, hour).expect("open again");
+        let back2 = open_at(again.path(), HOUR);
         assert_eq!(
             back2
                 .messages_after_blocking(room, Id(0), 1000)
@@ -1088,15 +1089,13 @@ mod tests {
     fn an_idle_writer_checkpoints() {
         let dir = tempfile::tempdir().expect("temp dir");
         let age = std::time::Duration::from_millis(50);
-        let metrics = Arc::new(Metrics::new());
-        let store = Store::open_with(dir.path(), Some(1), 64, metrics.clone(), age).expect("open");
+        let store = open_at(dir.path(), age);
         let room = room_and_messages(&store, 10);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let image = loop {
             std::thread::sleep(std::time::Duration::from_millis(100));
             let image = crash_image(dir.path(), false);
-            let probe = Store::open_with(image.path(), Some(1), 64, metrics.clone(), age)
-                .expect("open the image");
+            let probe = open_at(image.path(), age);
             let found = probe
                 .messages_after_blocking(room, Id(0), 100)
                 .expect("history")
@@ -1118,9 +1117,7 @@ mod tests {
     #[test]
     fn a_closed_store_checkpoints_so_its_log_is_not_needed() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let hour = std::time::Duration::from_secs(3600);
-        let store = Store::open_with(dir.path(), Some(1), 64, Arc::new(Metrics::new()), hour)
-            .expect("open");
+        let store = open_at(dir.path(), HOUR);
         let room = room_and_messages(&store, 5);
         store.close();
         std::fs::remove_file(dir.path().join("confab.wal")).expect("remove log");
