@@ -844,8 +844,8 @@ mod tests {
         }
     }
 
-    /// redb shows a commit to new readers at once and the writer commits before the log
-    /// write: until the record is on disk, no read sees the write and its completion waits.
+    /// redb shows a commit to new readers at once and the writer commits while the log write
+    /// runs: until the record is on disk, no read sees the write and its completion waits.
     /// A second batch commits and starts its own log write meanwhile; completions still run
     /// in batch order.
     #[test]
@@ -976,6 +976,63 @@ mod tests {
 
         let s = open_at(image.path(), HOUR);
         assert!(!s.is_stopped());
+        assert_eq!(contents(&s, room), ["message 0", "message 1", "message 2"]);
+        append(&s, room, "z", "after the restart");
+        assert_eq!(contents(&s, room).len(), 4);
+        s.close();
+    }
+
+    /// redb refuses a batch's commit after its record's write has started. The record decides:
+    /// it reaches the disk, so the write succeeds and the next start replays it. Nothing may
+    /// commit after it, so the store stops; reads lack the write until that restart.
+    #[test]
+    fn a_commit_that_fails_while_its_record_is_written_stands_with_the_record_and_stops_the_store()
+    {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open_at(dir.path(), HOUR);
+        let room = room_and_messages(&store, 3);
+        store.inner.log.fail_commits.store(1, Ordering::Release);
+        append(&store, room, "x", "logged, not committed");
+        assert!(store.is_stopped());
+        assert_eq!(store.inner.metrics.storage_stopped.get(), 1);
+        let refused = try_append(&store, room, "y", "refused");
+        assert!(matches!(refused, Err(StoreError::Io(_))), "{refused:?}");
+        assert_eq!(contents(&store, room).len(), 3);
+        store.close();
+        let image = crash_image(dir.path(), true);
+
+        let s = open_at(image.path(), HOUR);
+        assert!(!s.is_stopped());
+        assert_eq!(
+            contents(&s, room),
+            [
+                "message 0",
+                "message 1",
+                "message 2",
+                "logged, not committed"
+            ]
+        );
+        append(&s, room, "z", "after the restart");
+        assert_eq!(contents(&s, room).len(), 5);
+        s.close();
+    }
+
+    /// A batch whose commit fails and whose record's write fails too is nowhere: the write
+    /// fails, the store stops, and the next start has everything before it and nothing of it.
+    #[test]
+    fn a_write_whose_commit_and_record_both_fail_fails_and_stays_undone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open_at(dir.path(), HOUR);
+        let room = room_and_messages(&store, 3);
+        store.inner.log.fail_commits.store(1, Ordering::Release);
+        store.inner.log.fail_next.store(1, Ordering::Release);
+        let failed = try_append(&store, room, "x", "lost");
+        assert!(matches!(failed, Err(StoreError::Io(_))), "{failed:?}");
+        assert!(store.is_stopped());
+        store.close();
+        let image = crash_image(dir.path(), true);
+
+        let s = open_at(image.path(), HOUR);
         assert_eq!(contents(&s, room), ["message 0", "message 1", "message 2"]);
         append(&s, room, "z", "after the restart");
         assert_eq!(contents(&s, room).len(), 4);

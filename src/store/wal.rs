@@ -1,6 +1,6 @@
-//! The write-ahead log: each batch's table changes, appended to `<data>/confab.wal` after the
+//! The write-ahead log: each batch's table changes, appended to `<data>/confab.wal` while the
 //! batch's redb transaction commits without an fsync of its own; the batch's writes complete
-//! once the record (and every earlier one) is on disk. Records are written by log threads,
+//! once the record (and every earlier one) is on disk and the commit is done. Records are written by log threads,
 //! two at a time at most, so a later record can reach the disk before an earlier one: replay
 //! stops at the first missing record, and no write past it was ever reported done.
 //!
@@ -183,6 +183,9 @@ pub(super) struct LogFile {
     /// Tests set this to fail that many checkpoints (before they write anything).
     #[cfg(test)]
     pub(super) fail_checkpoints: std::sync::atomic::AtomicUsize,
+    /// Tests set this to fail that many batch commits (redb's, after the log write starts).
+    #[cfg(test)]
+    pub(super) fail_commits: std::sync::atomic::AtomicUsize,
 }
 
 impl LogFile {
@@ -310,6 +313,8 @@ impl Wal {
                 fail_next: std::sync::atomic::AtomicUsize::new(0),
                 #[cfg(test)]
                 fail_checkpoints: std::sync::atomic::AtomicUsize::new(0),
+                #[cfg(test)]
+                fail_commits: std::sync::atomic::AtomicUsize::new(0),
             }),
             pos,
             next_seq,
@@ -387,6 +392,12 @@ impl Wal {
     #[cfg(test)]
     pub(super) fn checkpoint_fails(&self) -> bool {
         take_one(&self.file.fail_checkpoints)
+    }
+
+    /// Whether a test asked for this batch's commit to fail.
+    #[cfg(test)]
+    pub(super) fn commit_fails(&self) -> bool {
+        take_one(&self.file.fail_commits)
     }
 
     /// A checkpoint failed: the next batch commits durably, and the idle writer tries again
