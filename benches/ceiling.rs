@@ -48,6 +48,11 @@ struct Args {
     /// Address to listen on (port 0 = any free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Make every message durable before its ack and broadcast: append it to this file with
+    /// `O_DIRECT | O_DSYNC` (4 KiB blocks, one write per group of messages queued meanwhile),
+    /// then push. The least any server that delivers only durable messages must do.
+    #[arg(long)]
+    durable_log: Option<std::path::PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -60,16 +65,23 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(args.listen))
+    let log = match &args.durable_log {
+        Some(path) => Some(DurableLog::open(path)?),
+        None => None,
+    };
+    rt.block_on(serve(args.listen, log))
 }
 
-async fn serve(addr: SocketAddr) -> Result<()> {
+async fn serve(addr: SocketAddr, log: Option<DurableLog>) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
     println!("listening on http://{}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    let hub = Arc::new(Hub::default());
+    let hub = Arc::new(Hub {
+        log,
+        ..Hub::default()
+    });
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
@@ -327,6 +339,86 @@ struct Hub {
     rooms: RwLock<HashMap<String, Arc<Mutex<Room>>>>,
     last_id: AtomicU64,
     next_conn: AtomicU64,
+    log: Option<DurableLog>,
+}
+
+/// Bytes of log before writing starts over at offset 0 (the file is written full of zeros
+/// first, so every later write overwrites allocated blocks and changes no metadata).
+const LOG_CAPACITY: u64 = 16 << 20;
+const LOG_BLOCK: usize = 4096;
+
+/// A message waiting for its log write: then its ack and broadcast go out.
+struct Durable {
+    record: Bytes,
+    sender: Arc<Outbox>,
+    ack: Bytes,
+    room: Arc<Mutex<Room>>,
+}
+
+/// The durable ceiling's log: one thread appends every message queued since its last write
+/// in one `O_DIRECT | O_DSYNC` write (a group commit), then pushes their acks and broadcasts
+/// in queue order, which is id order within a room.
+struct DurableLog {
+    queue: std::sync::mpsc::Sender<Durable>,
+}
+
+impl DurableLog {
+    fn open(path: &std::path::Path) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut zeros =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        zeros.write_all(&vec![0; LOG_CAPACITY as usize])?;
+        zeros.sync_all()?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+            .open(path)
+            .with_context(|| format!("opening {} with O_DIRECT", path.display()))?;
+        let (queue, rx) = std::sync::mpsc::channel::<Durable>();
+        std::thread::Builder::new()
+            .name("ceiling-log".into())
+            .spawn(move || log_thread(&file, &rx))?;
+        Ok(Self { queue })
+    }
+}
+
+fn log_thread(file: &std::fs::File, rx: &std::sync::mpsc::Receiver<Durable>) {
+    use std::os::unix::fs::FileExt;
+    let mut pos = 0u64;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut group = Vec::new();
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        group.extend(rx.try_iter());
+        let len: usize = group.iter().map(|d| 4 + d.record.len()).sum();
+        let padded = len.next_multiple_of(LOG_BLOCK);
+        if buf.len() < padded + LOG_BLOCK {
+            buf = vec![0; padded + LOG_BLOCK];
+        }
+        let start = buf.as_ptr().align_offset(LOG_BLOCK);
+        let block = &mut buf[start..start + padded];
+        let mut at = 0;
+        for d in &group {
+            block[at..at + 4].copy_from_slice(&(d.record.len() as u32).to_le_bytes());
+            block[at + 4..at + 4 + d.record.len()].copy_from_slice(&d.record);
+            at += 4 + d.record.len();
+        }
+        block[at..].fill(0);
+        if pos + padded as u64 > LOG_CAPACITY {
+            pos = 0;
+        }
+        if let Err(e) = file.write_all_at(block, pos) {
+            eprintln!("confab-ceiling: log write failed: {e}");
+            std::process::exit(1);
+        }
+        pos += padded as u64;
+        for d in group.drain(..) {
+            d.sender.push(d.ack);
+            for (_, ob) in &d.room.lock().conns {
+                ob.push(d.record.clone());
+            }
+        }
+    }
 }
 
 /// A message id, on the wire as a decimal string like Confab's.
@@ -474,12 +566,12 @@ impl Hub {
     /// and every push made under the room's lock, so each connection sees the room in id order.
     fn send(&self, conn: &Conn, reference: Option<&str>, m: &SendMessage<'_>) {
         let room = self.rooms.read().get(m.room_id.as_ref()).cloned();
-        let Some(room) = room else {
+        let Some(room_arc) = room else {
             return conn
                 .outbox
                 .push(error(reference, "not_found", "room not found"));
         };
-        let room = room.lock();
+        let room = room_arc.lock();
         let created_at = now_ms();
         // Time-ordered like Confab's ids: ms in the top bits, then a sequence.
         let floor = created_at.saturating_sub(ID_EPOCH_MS) << 22;
@@ -501,11 +593,25 @@ impl Hub {
             deleted_at: None,
         };
         let (message, duplicate) = (&message, Some(false));
-        conn.outbox
-            .push(encode("ack", reference, WithMessage { message, duplicate }));
+        let ack = encode("ack", reference, WithMessage { message, duplicate });
         // Serialized once; every recipient's outbox holds a reference to the same buffer.
         let duplicate = None;
         let frame = encode("receive_message", None, WithMessage { message, duplicate });
+        if let Some(log) = &self.log {
+            // Queued under the room's lock, so the log thread sees the room in id order.
+            let durable = Durable {
+                record: frame,
+                sender: conn.outbox.clone(),
+                ack,
+                room: room_arc.clone(),
+            };
+            if log.queue.send(durable).is_err() {
+                conn.outbox
+                    .push(error(reference, "internal", "the log thread is gone"));
+            }
+            return;
+        }
+        conn.outbox.push(ack);
         for (_, ob) in &room.conns {
             ob.push(frame.clone());
         }

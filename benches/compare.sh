@@ -2,7 +2,8 @@
 # Side-by-side comparison (issue 7): the same load generator (confab-loadgen) drives Confab, the
 # seed's stack (Node Socket.io v4, also with a PostgreSQL INSERT per message) and the bare
 # fastwebsockets broadcast server (confab-ceiling), each on a fresh process pinned to CPU 0 with the
-# generator on CPU 1, and writes one Markdown table.
+# generator on CPU 1, and writes one Markdown table. The ceiling also runs a second time with a
+# durable log (ceiling-durable): the least any server that delivers only durable messages pays.
 #
 #   benches/compare.sh                                   # everything, ~10-20 minutes after the build
 #   SERVERS="confab ceiling" SCENARIOS=latency benches/compare.sh
@@ -13,7 +14,7 @@
 # commit keeps the first.
 #
 # Environment:
-#   SERVERS        which servers, in order (default "confab socketio socketio-pg ceiling"; also
+#   SERVERS        which servers, in order (default "confab socketio socketio-pg ceiling ceiling-durable"; also
 #                  "socketio-pg-redis": PostgreSQL plus the Redis Pub/Sub adapter, the seed's full stack)
 #   SCENARIOS      which scenarios, in order (default "fanout latency bigroom one-to-one idle")
 #   DURATION       measured seconds per run (default 10)
@@ -48,7 +49,7 @@ for v in SERVERS SCENARIOS DURATION WARMUP FANOUT_LADDER REPEAT PG PG_BIN RUN_TI
 done
 COMMAND="${given[*]:+${given[*]} }benches/compare.sh"
 
-SERVERS=${SERVERS:-"confab socketio socketio-pg ceiling"}
+SERVERS=${SERVERS:-"confab socketio socketio-pg ceiling ceiling-durable"}
 SCENARIOS=${SCENARIOS:-"fanout latency bigroom one-to-one idle"}
 REPEAT=${REPEAT:-5}
 case $REPEAT in
@@ -69,8 +70,8 @@ DATE=$(date +%F)
 SIO_DIR=benches/peers/socketio
 
 for s in $SERVERS; do
-    case $s in confab|socketio|socketio-pg|socketio-pg-redis|ceiling) ;;
-        *) echo "unknown server $s (confab socketio socketio-pg socketio-pg-redis ceiling)" >&2; exit 2 ;;
+    case $s in confab|socketio|socketio-pg|socketio-pg-redis|ceiling|ceiling-durable) ;;
+        *) echo "unknown server $s (confab socketio socketio-pg socketio-pg-redis ceiling ceiling-durable)" >&2; exit 2 ;;
     esac
 done
 for s in $SCENARIOS; do
@@ -102,16 +103,20 @@ LOADGEN=target/release/confab-loadgen
 HAVE_PEER=1
 if ! "$LOADGEN" --help 2>&1 | grep -q -- '--peer'; then
     HAVE_PEER=0
-    for s in socketio socketio-pg socketio-pg-redis ceiling; do
+    for s in socketio socketio-pg socketio-pg-redis ceiling ceiling-durable; do
         if wants $s; then
             echo "warning: confab-loadgen has no --peer flag yet: skipping $s" >&2
             drop_server $s
         fi
     done
 fi
-if wants ceiling && [ ! -x target/release/confab-ceiling ]; then
-    echo "warning: target/release/confab-ceiling was not built: skipping the ceiling" >&2
-    drop_server ceiling
+if [ ! -x target/release/confab-ceiling ]; then
+    for s in ceiling ceiling-durable; do
+        if wants $s; then
+            echo "warning: target/release/confab-ceiling was not built: skipping $s" >&2
+            drop_server $s
+        fi
+    done
 fi
 
 # PostgreSQL and Redis for the Socket.io variants that want them.
@@ -235,7 +240,8 @@ reset_pg() {
           .then(() => c.end(), (e) => { console.error(e.message); process.exit(1); });' "$PG_URL")
 }
 
-# Starts a fresh server; sets SERVER_PID, SERVER_LOG, URL (and DATA_DIR for Confab).
+# Starts a fresh server; sets SERVER_PID, SERVER_LOG, URL (and DATA_DIR for Confab and the
+# durable ceiling).
 # Returns non-zero (with SERVER_LOG holding why) when it does not come up.
 start_server() {
     local name=$1
@@ -264,12 +270,17 @@ start_server() {
         ceiling)
             "${pin_server[@]}" "$BIN/confab-ceiling" --listen 127.0.0.1:0 >"$SERVER_LOG" 2>&1 &
             ;;
+        ceiling-durable)
+            DATA_DIR=$(mktemp -d -p "$WORK" ceiling-data.XXXXXX)
+            "${pin_server[@]}" "$BIN/confab-ceiling" --listen 127.0.0.1:0 --durable-log "$DATA_DIR/log" \
+                >"$SERVER_LOG" 2>&1 &
+            ;;
     esac
     SERVER_PID=$!
     for _ in $(seq 300); do
         URL=$(grep -ao 'listening on http://[0-9.]*:[0-9]*' "$SERVER_LOG" 2>/dev/null \
             | head -n1 | sed 's/^listening on //') || true
-        if [ -n "$URL" ] && { [ -z "$DATA_DIR" ] || [ -s "$DATA_DIR/jwt-secret" ]; }; then
+        if [ -n "$URL" ] && { [ "$name" != confab ] || [ -s "$DATA_DIR/jwt-secret" ]; }; then
             return 0
         fi
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -413,7 +424,7 @@ run_one() {
         case $server in
             confab) [ "$HAVE_PEER" = 1 ] && peer=(--peer confab); tokens=(--tokens-from "$DATA_DIR") ;;
             socketio*) peer=(--peer socketio) ;;
-            ceiling) peer=(--peer ceiling) ;;
+            ceiling*) peer=(--peer ceiling) ;;
         esac
         read -r m0 o0 < <(cpu_seconds "$pidfile" "$SERVER_PID" "$REDIS_PID")
         times >"$WORK/times"
@@ -582,8 +593,10 @@ names = {
     "socketio-pg": "Socket.io+PG",
     "socketio-pg-redis": "Socket.io+PG+Redis",
     "ceiling": "ceiling",
+    "ceiling-durable": "ceiling+log",
 }
-columns = [s for s in ["confab", "socketio", "socketio-pg", "socketio-pg-redis", "ceiling"] if s in servers]
+columns = [s for s in ["confab", "socketio", "socketio-pg", "socketio-pg-redis", "ceiling", "ceiling-durable"]
+           if s in servers]
 
 def get(d, *path):
     for p in path:
@@ -740,6 +753,10 @@ desc = {
     "socketio-pg-redis": "Socket.io+PG+Redis: Socket.io+PG with the Redis Pub/Sub adapter "
                          "(`@socket.io/redis-adapter`), the seed's full stack",
     "ceiling": "ceiling: `confab-ceiling`, a bare fastwebsockets broadcast server (no storage, no auth)",
+    "ceiling-durable": "ceiling+log: the same with `--durable-log`: each message appended to a "
+                       "preallocated file with one `O_DIRECT | O_DSYNC` write per group of messages "
+                       "queued meanwhile, on one thread, before its ack and broadcast (what any server "
+                       "that delivers only durable messages must pay on this disk, and nothing else)",
 }
 w("- **Servers:** " + ". ".join(desc[s] for s in columns) + ". Each run gets a fresh server process "
   "(and an empty data directory or table).")
@@ -756,11 +773,14 @@ w("")
 heads = [names[s] for s in columns]
 has_sio = "socketio" in columns
 has_ceiling = "ceiling" in columns
+has_durable = "ceiling-durable" in columns
 ratio_heads = []
 if has_sio:
     ratio_heads.append("Confab ÷ Socket.io")
 if has_ceiling:
     ratio_heads.append("Confab ÷ ceiling")
+if has_durable:
+    ratio_heads.append("Confab ÷ ceiling+log")
 w("| figure | " + " | ".join(heads + ratio_heads) + " |")
 w("| --- | " + " | ".join(["---:"] * (len(heads) + len(ratio_heads))) + " |")
 for label, sc, fn, kind, direction in rows:
@@ -799,12 +819,29 @@ for label, sc, fn, kind, direction in rows:
         rs.append(ratio(values.get("confab"), values.get("socketio"), direction))
     if has_ceiling:
         rs.append(ratio(values.get("confab"), values.get("ceiling"), direction))
+    if has_durable:
+        rs.append(ratio(values.get("confab"), values.get("ceiling-durable"), direction))
     w(f"| {label} | " + " | ".join(cells + rs) + " |")
 w("")
 w("Ratios are Confab's figure divided by the peer's (e.g. Confab p99 ÷ ceiling p99). "
   "↑: higher is better, so a ratio above 1 favours Confab; ↓: lower is better, so a ratio below 1 "
   "favours Confab. Fan-out CPU is the server process only (for Socket.io+PG, PostgreSQL's own "
   "processes share the server core but are not in that figure; memory is the Node process only).")
+if has_ceiling and has_durable:
+    # What durability alone costs on this disk: the durable ceiling against the bare one.
+    cost = []
+    for label, sc, fn, kind, direction in rows:
+        if kind in ("raw",) or direction is None:
+            continue
+        a, b = pick.get(("ceiling-durable", sc)), pick.get(("ceiling", sc))
+        if sc not in ("fanout", "latency", "bigroom") or not a or not b or failure(a) or failure(b):
+            continue
+        if label.startswith("big room: deliveries") or "acked" in label:
+            continue
+        cost.append(f"{label.replace('**', '')} {ratio(fn(a['report']), fn(b['report']), direction)}")
+    if cost:
+        w("")
+        w("What durability alone costs here (ceiling+log ÷ ceiling): " + "; ".join(cost) + ".")
 if dagger:
     w("")
     w("† from a run that had loss, errors or disconnects (listed below).")
