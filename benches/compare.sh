@@ -5,7 +5,7 @@
 # generator on CPU 1, and writes one Markdown table. The ceiling also runs a second time with a
 # durable log (ceiling-durable): the least any server that delivers only durable messages pays.
 #
-#   benches/compare.sh                                   # everything, ~10-20 minutes after the build
+#   benches/compare.sh                                   # everything, ~30 minutes after the build
 #   SERVERS="confab ceiling" SCENARIOS=latency benches/compare.sh
 #
 # Output: $RESULTS_DIR/<date>-at-<commit>/comparison.md (copied to latest.md), and the raw JSON
@@ -828,20 +828,15 @@ w("Ratios are Confab's figure divided by the peer's (e.g. Confab p99 ÷ ceiling 
   "favours Confab. Fan-out CPU is the server process only (for Socket.io+PG, PostgreSQL's own "
   "processes share the server core but are not in that figure; memory is the Node process only).")
 if has_ceiling and has_durable:
-    # What durability alone costs on this disk: the durable ceiling against the bare one.
-    cost = []
-    for label, sc, fn, kind, direction in rows:
-        if kind in ("raw",) or direction is None:
-            continue
-        a, b = pick.get(("ceiling-durable", sc)), pick.get(("ceiling", sc))
-        if sc not in ("fanout", "latency", "bigroom") or not a or not b or failure(a) or failure(b):
-            continue
-        if label.startswith("big room: deliveries") or "acked" in label:
-            continue
-        cost.append(f"{label.replace('**', '')} {ratio(fn(a['report']), fn(b['report']), direction)}")
-    if cost:
+    # What durability alone costs on this disk, at a steady 200 msg/s: the durable ceiling
+    # against the bare one, run for run as picked above.
+    a, b = pick.get(("ceiling-durable", "latency")), pick.get(("ceiling", "latency"))
+    if a and b and not failure(a) and not failure(b):
+        cost = [f"{q} {ratio(get(a['report'], 'latency', q + '_ms'), get(b['report'], 'latency', q + '_ms'), 'down')}"
+                for q in ("p50", "p99", "p999")]
         w("")
-        w("What durability alone costs here (ceiling+log ÷ ceiling): " + "; ".join(cost) + ".")
+        w("What durability alone costs in the latency scenario (ceiling+log ÷ ceiling): "
+          + ", ".join(cost) + ".")
 if dagger:
     w("")
     w("† from a run that had loss, errors or disconnects (listed below).")
