@@ -505,9 +505,14 @@ impl Pipeline {
             }
             return;
         }
-        tracing::error!(
-            "storage stopped: a log write and the checkpoint after it failed; every write fails until Confab restarts"
-        );
+        if self.stopped {
+            // Stopped by a failed commit: replay ends at this hole, so nothing after it stands.
+            tracing::error!("a log write failed after storage stopped; the writes from it on fail");
+        } else {
+            tracing::error!(
+                "storage stopped: a log write and the checkpoint after it failed; every write fails until Confab restarts"
+            );
+        }
         self.stopped = true;
         let mut from_hole = false;
         for s in &mut self.slots {
