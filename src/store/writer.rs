@@ -895,18 +895,7 @@ fn commit_batch(cx: &mut Ctx<'_>, pipe: &mut Pipeline, ops: Vec<WriteOp>, dones:
             s.state = SlotState::LogFailed;
         }
     }
-    #[cfg(test)]
-    let committed = if cx.wal.commit_fails() {
-        let _ = txn.abort();
-        Err(StoreError::Io(std::io::Error::other(
-            "injected commit failure",
-        )))
-    } else {
-        txn.commit().map_err(StoreError::from)
-    };
-    #[cfg(not(test))]
-    let committed = txn.commit().map_err(StoreError::from);
-    match committed {
+    match commit(txn, &cx.wal) {
         Ok(()) => {
             cx.wal.committed();
             let publish = snapshot(cx.db, pipe);
@@ -929,6 +918,22 @@ fn commit_batch(cx: &mut Ctx<'_>, pipe: &mut Pipeline, ops: Vec<WriteOp>, dones:
             }
         }
     }
+}
+
+/// Commits a batch's transaction without an fsync (the caller set `Durability::None`). Tests
+/// can make it fail, as redb would on an I/O error.
+fn commit(
+    txn: WriteTransaction,
+    #[cfg_attr(not(test), allow(unused_variables))] wal: &Wal,
+) -> Result<(), StoreError> {
+    #[cfg(test)]
+    if wal.commit_fails() {
+        let _ = txn.abort();
+        return Err(StoreError::Io(std::io::Error::other(
+            "injected commit failure",
+        )));
+    }
+    txn.commit().map_err(StoreError::from)
 }
 
 /// What reads see once a batch just committed is released: its own snapshot, or, when that
