@@ -15,7 +15,7 @@ mod validate;
 
 pub use admin::AdminSettings;
 pub use error::ChatError;
-pub use outbox::{CloseRequest, Frame, Outbox, Pushed};
+pub use outbox::{BulkWaker, CloseRequest, Frame, Outbox, Pushed};
 pub use receipts::MessageReceipts;
 pub use sync::SyncAnswer;
 
@@ -258,9 +258,21 @@ pub struct Hub {
     next_conn: AtomicU64,
     /// Connections still catching up (not in `conns` yet), so shutdown reaches them too.
     catching_up: parking_lot::Mutex<HashMap<u64, Arc<Outbox>>>,
-    /// New messages' `receive_message` frames of the batch being completed, in commit order,
-    /// fanned out per room when the batch ends or before the next effect: see `flush_fanout`.
-    fanout: parking_lot::Mutex<Vec<(Id, Bytes)>>,
+    /// New messages' frames and acks of the batch being completed: see `Held`.
+    fanout: parking_lot::Mutex<Held>,
+    /// Wakes the writers of a batch's recipients together, on the runtime.
+    waker: BulkWaker,
+}
+
+/// What the writer thread holds back until a batch ends (or the next effect runs).
+#[derive(Default)]
+struct Held {
+    /// New messages' `receive_message` frames, in commit order, fanned out per room: see
+    /// `flush_fanout`.
+    frames: Vec<(Id, Bytes)>,
+    /// Outboxes given frames (acks, the fan-out) whose writers are not woken yet: they are
+    /// woken together when the held frames go out, so that the runtime writes them in one run.
+    wake: Vec<Arc<Outbox>>,
 }
 
 #[derive(Serialize)]
@@ -329,7 +341,8 @@ impl Hub {
             conns: RwLock::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             catching_up: parking_lot::Mutex::new(HashMap::new()),
-            fanout: parking_lot::Mutex::new(Vec::new()),
+            fanout: parking_lot::Mutex::new(Held::default()),
+            waker: BulkWaker::start(),
         });
         hub.start_fanout();
         Ok(hub)
@@ -355,8 +368,13 @@ impl Hub {
         self.flush_held(&mut self.fanout.lock());
     }
 
-    fn flush_held(&self, pending: &mut Vec<(Id, Bytes)>) {
+    fn flush_held(&self, held: &mut Held) {
+        let Held {
+            frames: pending,
+            wake,
+        } = held;
         if pending.is_empty() {
+            self.waker.wake(wake);
             return;
         }
         // Stable: each room's frames stay in commit order.
@@ -386,8 +404,12 @@ impl Hub {
                 }
             };
             for ob in recipients.iter() {
-                if ob.push_frame(frames.clone()) == Pushed::Overflowed {
-                    self.metrics.slow_consumer_closes.inc();
+                match ob.push_frame_deferred(frames.clone()) {
+                    (Pushed::Overflowed, _) => {
+                        self.metrics.slow_consumer_closes.inc();
+                    }
+                    (_, true) => wake.push(ob.clone()),
+                    _ => {}
                 }
             }
             self.metrics
@@ -398,6 +420,7 @@ impl Hub {
         if pending.capacity() > 4096 {
             *pending = Vec::new();
         }
+        self.waker.wake(wake);
     }
 
     pub fn limits(&self) -> &Limits {
@@ -530,8 +553,7 @@ impl Hub {
     pub fn close_all(&self, code: u16, reason: &'static str) {
         // Held fan-out goes out first, and no send completes (ack and fan-out are queued under
         // this lock) while connections are being closed: no ack without its broadcast.
-        let mut pending = self.fanout.lock();
-        self.flush_held(&mut pending);
+        self.flush_held(&mut self.fanout.lock());
         for ob in self.catching_up.lock().values() {
             ob.close(code, reason);
         }
@@ -817,7 +839,7 @@ impl Hub {
         }
         // The ack and the held fan-out are queued under one lock, so that `close_all` finds
         // a send either wholly visible or not at all. The sender hears its ack first.
-        let mut pending = self.fanout.lock();
+        let mut held = self.fanout.lock();
         match reply {
             Reply::Socket { outbox, reference } => {
                 let frame = match (&ack, &json) {
@@ -831,7 +853,14 @@ impl Hub {
                     (Ok(a), None) => protocol::ack(reference.as_deref(), a),
                     (Err(e), _) => protocol::error(reference.as_deref(), &self.wire_error(e)),
                 };
-                outbox.push(frame);
+                // Woken with the batch's fan-out: see `Held::wake`.
+                match outbox.push_frame_deferred(Frame::Payload(frame)) {
+                    (Pushed::Overflowed, _) => {
+                        self.metrics.slow_consumer_closes.inc();
+                    }
+                    (_, true) => held.wake.push(outbox),
+                    _ => {}
+                }
             }
             Reply::Channel(tx) => {
                 let _ = tx.send(ack);
@@ -844,7 +873,7 @@ impl Hub {
                 r.last_message.fetch_max(id.0, Ordering::AcqRel);
             }
             // Fanned out with the rest of its batch.
-            pending.push((room, frame));
+            held.frames.push((room, frame));
         }
     }
 

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// Why the hub wants a connection closed, and the close code to send.
@@ -91,22 +92,29 @@ impl Outbox {
 
     /// Queues a payload or a run of complete frames (`protocol::ws_frame::text_frames`).
     pub fn push_frame(&self, frame: Frame) -> Pushed {
+        let (pushed, wake) = self.push_frame_deferred(frame);
+        if wake {
+            self.notify.notify_one();
+        }
+        pushed
+    }
+
+    /// Queues like `push_frame` but leaves the wake-up to the caller: `true` when the queue
+    /// was empty, and the caller must then call `wake` (soon), for instance for many outboxes
+    /// at once through a `BulkWaker`.
+    pub fn push_frame_deferred(&self, frame: Frame) -> (Pushed, bool) {
         let mut q = self.queue.lock();
         if q.close.is_some() {
-            return Pushed::Closed;
+            return (Pushed::Closed, false);
         }
         if q.bytes + frame.len() > self.limit {
-            return self.overflow(q);
+            return (self.overflow(q), false);
         }
         q.bytes += frame.len();
         let was_empty = q.frames.is_empty();
         q.frames.push(frame);
-        drop(q);
         // One wake-up per batch: the writer drains everything queued since.
-        if was_empty {
-            self.notify.notify_one();
-        }
-        Pushed::Queued
+        (Pushed::Queued, was_empty)
     }
 
     /// Past the bound: drops the backlog and asks for a `SLOW_CONSUMER` close.
@@ -159,6 +167,54 @@ impl Outbox {
     /// Resolves once something was pushed or a close was requested since the last drain.
     pub async fn ready(&self) {
         self.notify.notified().await;
+    }
+}
+
+/// Wakes many connection writers at once from a thread outside the runtime (the store's
+/// writer thread): one hand-off to a task on the runtime, which wakes each writer there. Woken
+/// one by one from outside, the runtime's parked worker is unparked by the first wake-up,
+/// preempts the waking thread on a single core, writes that one frame and parks again, once
+/// per recipient (seen: up to a hundred context switches for one message's fan-out).
+pub struct BulkWaker {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<Vec<Arc<Outbox>>>>,
+}
+
+impl BulkWaker {
+    /// Starts the waking task on the current runtime; without one, `wake` wakes each writer
+    /// itself.
+    pub fn start() -> Self {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return Self { tx: None };
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Arc<Outbox>>>();
+        rt.spawn(async move {
+            while let Some(list) = rx.recv().await {
+                for ob in list {
+                    ob.wake();
+                }
+            }
+        });
+        Self { tx: Some(tx) }
+    }
+
+    /// Wakes every outbox in `list` (emptying it): at once on a runtime thread, else through
+    /// the waking task, or directly when that task is gone (the runtime is shutting down).
+    pub fn wake(&self, list: &mut Vec<Arc<Outbox>>) {
+        if list.is_empty() {
+            return;
+        }
+        let rejected = match &self.tx {
+            Some(tx) if tokio::runtime::Handle::try_current().is_err() => {
+                match tx.send(std::mem::take(list)) {
+                    Ok(()) => return,
+                    Err(e) => e.0,
+                }
+            }
+            _ => std::mem::take(list),
+        };
+        for ob in rejected {
+            ob.wake();
+        }
     }
 }
 
