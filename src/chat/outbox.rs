@@ -238,6 +238,88 @@ mod tests {
         );
     }
 
+    fn one_frame() -> Frame {
+        Frame::Payload(Bytes::from_static(b"x"))
+    }
+
+    /// Resolves `ready` within a short wait, or says it did not.
+    async fn woken(ob: &Outbox) -> bool {
+        tokio::time::timeout(std::time::Duration::from_millis(200), ob.ready())
+            .await
+            .is_ok()
+    }
+
+    #[test]
+    fn a_deferred_push_leaves_the_wake_up_to_the_caller() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let ob = Outbox::new(100);
+        assert_eq!(ob.push_frame_deferred(one_frame()), (Pushed::Queued, true));
+        // Not empty any more: whoever queued the first frame wakes the writer for both.
+        assert_eq!(ob.push_frame_deferred(one_frame()), (Pushed::Queued, false));
+        assert!(!rt.block_on(woken(&ob)), "a deferred push woke the writer");
+        ob.wake();
+        assert!(rt.block_on(woken(&ob)));
+        let mut out = Vec::new();
+        ob.drain_into(&mut out);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn a_bulk_wake_from_outside_the_runtime_reaches_every_writer() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let waker = rt.block_on(async { BulkWaker::start() });
+        let outboxes: Vec<Arc<Outbox>> = (0..50).map(|_| Arc::new(Outbox::new(100))).collect();
+        let writers: Vec<_> = outboxes
+            .iter()
+            .map(|ob| {
+                let ob = Arc::clone(ob);
+                rt.spawn(async move {
+                    let woke = woken(&ob).await;
+                    let mut out = Vec::new();
+                    ob.drain_into(&mut out);
+                    (woke, out.len())
+                })
+            })
+            .collect();
+        // Like the store's writer thread: no runtime here.
+        let queued = outboxes.clone();
+        std::thread::spawn(move || {
+            let mut list = Vec::new();
+            for ob in queued {
+                if ob.push_frame_deferred(one_frame()).1 {
+                    list.push(ob);
+                }
+            }
+            waker.wake(&mut list);
+            assert!(list.is_empty());
+        })
+        .join()
+        .expect("waking thread");
+        for w in writers {
+            assert_eq!(rt.block_on(w).expect("writer"), (true, 1));
+        }
+    }
+
+    #[test]
+    fn without_a_runtime_a_bulk_waker_wakes_each_writer_itself() {
+        let waker = BulkWaker::start();
+        let ob = Arc::new(Outbox::new(100));
+        assert!(ob.push_frame_deferred(one_frame()).1);
+        waker.wake(&mut vec![Arc::clone(&ob)]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        assert!(rt.block_on(woken(&ob)));
+    }
+
     #[test]
     fn drained_bytes_free_room_for_more() {
         let ob = Outbox::new(10);
