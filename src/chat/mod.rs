@@ -273,6 +273,9 @@ struct Held {
     /// Outboxes given frames (acks, the fan-out) whose writers are not woken yet: they are
     /// woken together when the held frames go out, so that the runtime writes them in one run.
     wake: Vec<Arc<Outbox>>,
+    /// New messages for the search index, noted after the wake-ups: noting one can wake the
+    /// indexer thread, which would otherwise run before the fan-out on a single core.
+    index: Vec<Message>,
 }
 
 #[derive(Serialize)]
@@ -372,9 +375,11 @@ impl Hub {
         let Held {
             frames: pending,
             wake,
+            index,
         } = held;
         if pending.is_empty() {
             self.waker.wake(wake);
+            self.note_for_search(index);
             return;
         }
         // Stable: each room's frames stay in commit order.
@@ -421,6 +426,15 @@ impl Hub {
             *pending = Vec::new();
         }
         self.waker.wake(wake);
+        self.note_for_search(index);
+    }
+
+    /// Hands held new messages to the indexer, in commit order (before any later effect's
+    /// edit or deletion, since every effect flushes first).
+    fn note_for_search(&self, index: &mut Vec<Message>) {
+        for m in index.drain(..) {
+            self.search.note_new_message(m);
+        }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -831,15 +845,15 @@ impl Hub {
             )),
             _ => None,
         };
-        // Indexing is queued, never waited for.
-        if let Ok(a) = &ack
-            && !a.duplicate
-        {
-            self.search.note_new_message(&a.message);
-        }
         // The ack and the held fan-out are queued under one lock, so that `close_all` finds
         // a send either wholly visible or not at all. The sender hears its ack first.
         let mut held = self.fanout.lock();
+        // Indexing is queued when the batch's fan-out is (see `Held::index`), never waited for.
+        if let Ok(a) = &ack
+            && !a.duplicate
+        {
+            held.index.push(a.message.clone());
+        }
         match reply {
             Reply::Socket { outbox, reference } => {
                 let frame = match (&ack, &json) {

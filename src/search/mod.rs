@@ -232,10 +232,10 @@ impl Search {
     /// Notes a new message for indexing. Called from store completions (one thread, in
     /// commit order); never blocks: a full queue drops the change and the indexer replays
     /// from storage instead.
-    pub fn note_new_message(&self, message: &Message) {
+    pub fn note_new_message(&self, message: Message) {
         self.note(IndexOp::Upsert {
             seq: message.id.0,
-            message: Box::new(message.clone()),
+            message: Box::new(message),
             replace: false,
         });
     }
