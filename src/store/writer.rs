@@ -836,7 +836,7 @@ fn commit_batch(cx: &mut Ctx<'_>, pipe: &mut Pipeline, ops: Vec<WriteOp>, dones:
         pipe.push(SlotState::Ready, Publish::Keep, dones, results, started);
     };
     cx.record.borrow_mut().clear();
-    let mut txn = match cx.db.begin_write() {
+    let txn = match cx.db.begin_write() {
         Ok(t) => t,
         Err(e) => return fail_all(pipe, dones, e.into()),
     };
@@ -855,21 +855,12 @@ fn commit_batch(cx: &mut Ctx<'_>, pipe: &mut Pipeline, ops: Vec<WriteOp>, dones:
         pipe.push(SlotState::Ready, Publish::Keep, dones, results, started);
         return;
     }
-    let after = cx.wal.after(&cx.record.borrow());
-    let durable = after.is_none();
-    let (next_seq, next_pos) = after.unwrap_or((cx.wal.next().0, 0));
-    let noted = if durable {
-        Ok(())
-    } else {
-        txn.set_durability(Durability::None)
-            .map_err(StoreError::from)
-    }
-    .and_then(|()| set_log_position(&txn, next_seq, next_pos));
-    if let Err(e) = noted {
-        let _ = txn.abort();
-        return fail_all(pipe, dones, e);
-    }
-    if durable {
+    let Some(next) = cx.wal.after(&cx.record.borrow()) else {
+        // The log is full: a durable commit, which starts it over.
+        if let Err(e) = set_log_position(&txn, cx.wal.next().0, 0) {
+            let _ = txn.abort();
+            return fail_all(pipe, dones, e);
+        }
         if let Err(e) = txn.commit() {
             return fail_all(pipe, dones, e.into());
         }
@@ -878,9 +869,10 @@ fn commit_batch(cx: &mut Ctx<'_>, pipe: &mut Pipeline, ops: Vec<WriteOp>, dones:
         pipe.covered();
         pipe.push(SlotState::Ready, publish, dones, results, started);
         return;
-    }
-    // The record's write starts before redb's commit, which then runs while the disk works
-    // (it takes a third of the writer's time per batch). No completion runs before both.
+    };
+    // The record's write starts before redb's commit (and before the commit notes where the
+    // next record goes), which then runs while the disk works: it takes a third of the
+    // writer's time per batch. No completion runs before both.
     let buf = pipe.spare.pop().unwrap_or_default();
     let write = cx.wal.stage(&mut cx.record.borrow_mut(), buf);
     let slot = pipe.push(SlotState::Writing, Publish::Keep, dones, results, started);
@@ -895,7 +887,7 @@ fn commit_batch(cx: &mut Ctx<'_>, pipe: &mut Pipeline, ops: Vec<WriteOp>, dones:
             s.state = SlotState::LogFailed;
         }
     }
-    match commit(txn, &cx.wal) {
+    match commit(txn, &cx.wal, next) {
         Ok(()) => {
             cx.wal.committed();
             let publish = snapshot(cx.db, pipe);
@@ -920,11 +912,12 @@ fn commit_batch(cx: &mut Ctx<'_>, pipe: &mut Pipeline, ops: Vec<WriteOp>, dones:
     }
 }
 
-/// Commits a batch's transaction without an fsync (the caller set `Durability::None`). Tests
-/// can make it fail, as redb would on an I/O error.
+/// Commits a batch's transaction without an fsync, noting `next`, where the record after the
+/// batch's goes. Tests can make it fail, as redb would on an I/O error.
 fn commit(
-    txn: WriteTransaction,
+    mut txn: WriteTransaction,
     #[cfg_attr(not(test), allow(unused_variables))] wal: &Wal,
+    (next_seq, next_pos): (u64, u64),
 ) -> Result<(), StoreError> {
     #[cfg(test)]
     if wal.commit_fails() {
@@ -933,6 +926,8 @@ fn commit(
             "injected commit failure",
         )));
     }
+    txn.set_durability(Durability::None)?;
+    set_log_position(&txn, next_seq, next_pos)?;
     txn.commit().map_err(StoreError::from)
 }
 
