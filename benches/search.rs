@@ -128,7 +128,7 @@ fn main() -> anyhow::Result<()> {
         })?;
         let acked = Instant::now();
         if let WriteOutput::Appended { message, .. } = out {
-            search.note_new_message(&message);
+            search.note_new_message(message);
         }
         let q = SearchQuery {
             text: format!("{word} "),
