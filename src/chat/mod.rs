@@ -408,6 +408,8 @@ impl Hub {
                     None => continue,
                 }
             };
+            // One allocation per batch for the wake-up list, not one growth step per doubling.
+            wake.reserve(recipients.len());
             for ob in recipients.iter() {
                 match ob.push_frame_deferred(frames.clone()) {
                     (Pushed::Overflowed, _) => {

@@ -1,8 +1,9 @@
 //! The write-ahead log: each batch's table changes, appended to `<data>/confab.wal` while the
 //! batch's redb transaction commits without an fsync of its own; the batch's writes complete
-//! once the record (and every earlier one) is on disk and the commit is done. Records are written by log threads,
-//! two at a time at most, so a later record can reach the disk before an earlier one: replay
-//! stops at the first missing record, and no write past it was ever reported done.
+//! once the record (and every earlier one) is on disk and the commit is done. Records are
+//! written by log threads, two at a time at most, so a later record can reach the disk before
+//! an earlier one: replay stops at the first missing record, and no write past it was ever
+//! reported done.
 //!
 //! Why: a durable redb commit writes the header and ~10 scattered pages (two tables' leaves
 //! and branches, the table tree, the freed-page list) before its `fdatasync`; in a probe on

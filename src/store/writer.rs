@@ -807,9 +807,10 @@ pub(super) fn replay(db: &Database, wal: &mut Wal) -> Result<u64, StoreError> {
     Ok(batches)
 }
 
-/// Applies every op of a batch in one transaction and commits it without an fsync, then
-/// hands its log record to a log thread; the batch's completions run once the record is on
-/// disk. A storage failure fails the whole batch (nothing of it is committed); a logical
+/// Applies every op of a batch in one transaction, hands its log record to a log thread, then
+/// commits the transaction without an fsync while the record is written; the batch's
+/// completions run once both are done. A storage failure before the hand-off fails the whole
+/// batch (nothing of it is committed); one after it stops the store (see the end); a logical
 /// refusal (not found, forbidden, conflict) fails only its op, which checks before it
 /// writes, so it leaves nothing behind. When the log is full (or in doubt after a failure)
 /// the transaction commits durably instead: a checkpoint, which also makes every batch
