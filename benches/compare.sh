@@ -498,8 +498,9 @@ fanout() {
         local q p99 ok
         read -r q p99 ok < <(last_verdict)
         if [ "$q" = 1 ]; then
-            if [ -n "$missed" ] && [ $(( (missed + w) / 2 )) -gt "$w" ]; then
-                run_one "$server" fanout $(( (missed + w) / 2 )) --connections 1000 --rooms 10 --rate 0
+            local mid=$(( (${missed:-0} + w) / 2 ))
+            if [ -n "$missed" ] && [ "$mid" -gt "$w" ]; then
+                run_one "$server" fanout "$mid" --connections 1000 --rooms 10 --rate 0
             fi
             return 0
         fi
