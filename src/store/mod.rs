@@ -913,6 +913,83 @@ mod tests {
         store.close();
     }
 
+    /// A batch's inserts reach redb only after its log write starts, so a later write of the
+    /// same batch that reads what an earlier one wrote must still see it: the same
+    /// `client_msg_id` twice in one batch is one message, the second send answered as a
+    /// duplicate. After a crash the log brings the batch back the same.
+    #[test]
+    fn a_batch_reads_its_own_earlier_writes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open_at(dir.path(), HOUR);
+        let room = room_and_messages(&store, 0);
+        let paused = store.inner.log.pause.write();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let send = |cid: &str, content: &str| {
+            let tx = tx.clone();
+            store
+                .submit(
+                    WriteOp::AppendMessage {
+                        room,
+                        sender: crate::model::UserId::from("alice"),
+                        client_msg_id: cid.into(),
+                        kind: crate::model::MessageType::Text,
+                        content: content.into(),
+                        file: None,
+                    },
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                )
+                .expect("submit");
+        };
+        // Two batches of one write each occupy both log threads...
+        for cid in ["first", "second"] {
+            send(cid, cid);
+            wait_until("the writer takes the write", || {
+                store.inner.queued.load(Ordering::Acquire) == 0
+            });
+        }
+        // ...so these two wait (no batch starts while both log writes run), and go out
+        // together as the next batch once the log writes end.
+        send("twice", "once");
+        send("twice", "once again");
+        drop(paused);
+        let outputs: Vec<_> = (0..4)
+            .map(|_| {
+                match rx
+                    .recv_timeout(std::time::Duration::from_secs(5))
+                    .expect("completion")
+                    .expect("write")
+                {
+                    WriteOutput::Appended {
+                        message, duplicate, ..
+                    } => (message.id, message.content, duplicate),
+                    other => panic!("unexpected {other:?}"),
+                }
+            })
+            .collect();
+        assert!(!outputs[2].2, "the first send is new");
+        assert_eq!(
+            outputs[3],
+            (outputs[2].0, "once".to_string(), true),
+            "the second send, in the same batch, finds the first"
+        );
+        let crashed = crash_image(dir.path(), true);
+        assert_eq!(contents(&store, room), ["first", "second", "once"]);
+        store.close();
+
+        let reopened = open_at(crashed.path(), HOUR);
+        assert_eq!(contents(&reopened, room), ["first", "second", "once"]);
+        // The idempotency index came back too: a third send is still the same message.
+        match try_append(&reopened, room, "twice", "a third time").expect("append") {
+            WriteOutput::Appended {
+                message, duplicate, ..
+            } => assert_eq!((message.id, duplicate), (outputs[2].0, true)),
+            other => panic!("unexpected {other:?}"),
+        }
+        reopened.close();
+    }
+
     /// A log write that fails is made good by a durable commit of redb's own, which covers
     /// it and every batch before it: the write succeeds, and is on disk even without the log.
     #[test]

@@ -16,7 +16,8 @@ use redb::{
 use serde_json::value::RawValue;
 use std::borrow::Borrow;
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::RangeBounds;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -351,8 +352,8 @@ impl LogThreads {
     }
 }
 
-/// A batch waiting for its record to reach the disk (and for redb's commit, which runs while
-/// the record is written).
+/// A batch waiting for its record to reach the disk (and for redb's inserts and commit, which
+/// run while the record is written).
 struct Slot {
     id: u64,
     state: SlotState,
@@ -841,24 +842,25 @@ fn commit_batch(cx: &mut Ctx<'_>, pipe: &mut Pipeline, ops: Vec<WriteOp>, dones:
         Ok(t) => t,
         Err(e) => return fail_all(pipe, dones, e.into()),
     };
-    let results = match apply_all(&txn, &mut cx.ids, ops, &cx.record) {
+    let (results, mut tables) = match apply_all(&txn, &mut cx.ids, ops, &cx.record) {
         Ok(r) => r,
-        Err(e) => {
-            // Ids handed out to the aborted writes are skipped: gaps are harmless.
-            let _ = txn.abort();
-            return fail_all(pipe, dones, e);
-        }
+        // The transaction aborts as it is dropped (its tables borrow it until then). Ids
+        // handed out to the aborted writes are skipped: gaps are harmless.
+        Err(e) => return fail_all(pipe, dones, e),
     };
     if cx.record.borrow().is_empty() {
         // Nothing changed (reads, refusals, barriers): nothing to make durable, but the
         // completions still wait for every earlier batch's.
+        drop(tables);
         let _ = txn.abort();
         pipe.push(SlotState::Ready, Publish::Keep, dones, results, started);
         return;
     }
     let Some(next) = cx.wal.after(&cx.record.borrow()) else {
         // The log is full: a durable commit, which starts it over.
-        if let Err(e) = set_log_position(&txn, cx.wal.next().0, 0) {
+        let applied = tables.apply_deferred();
+        drop(tables);
+        if let Err(e) = applied.and_then(|()| set_log_position(&txn, cx.wal.next().0, 0)) {
             let _ = txn.abort();
             return fail_all(pipe, dones, e);
         }
@@ -871,8 +873,8 @@ fn commit_batch(cx: &mut Ctx<'_>, pipe: &mut Pipeline, ops: Vec<WriteOp>, dones:
         pipe.push(SlotState::Ready, publish, dones, results, started);
         return;
     };
-    // The record's write starts before redb's commit (and before the commit notes where the
-    // next record goes), which then runs while the disk works: it takes a third of the
+    // The record's write starts before redb's inserts and commit (and before the commit notes
+    // where the next record goes), which then run while the disk works: they are most of the
     // writer's time per batch. No completion runs before both.
     let buf = pipe.spare.pop().unwrap_or_default();
     let write = cx.wal.stage(&mut cx.record.borrow_mut(), buf);
@@ -888,7 +890,9 @@ fn commit_batch(cx: &mut Ctx<'_>, pipe: &mut Pipeline, ops: Vec<WriteOp>, dones:
             s.state = SlotState::LogFailed;
         }
     }
-    match commit(txn, &cx.wal, next) {
+    let applied = tables.apply_deferred();
+    drop(tables);
+    match applied.and_then(|()| commit(txn, &cx.wal, next)) {
         Ok(()) => {
             cx.wal.committed();
             let publish = snapshot(cx.db, pipe);
@@ -898,8 +902,8 @@ fn commit_batch(cx: &mut Ctx<'_>, pipe: &mut Pipeline, ops: Vec<WriteOp>, dones:
         }
         Err(e) => {
             // The record may reach the disk, and a restart would replay it onto a state
-            // without this batch's commit: nothing may commit after it. Its writes stand or
-            // fall with the record; every later write fails until a restart.
+            // without this batch's inserts or commit: nothing may commit after it. Its writes
+            // stand or fall with the record; every later write fails until a restart.
             tracing::error!(error = %e, writes = n, "storage commit failed while its log record was written; storage stopped");
             pipe.stopped = true;
             if let Some(s) = pipe.slots.back_mut() {
@@ -949,12 +953,23 @@ fn snapshot(db: &Arc<Database>, pipe: &mut Pipeline) -> Publish {
 /// use: a batch of messages touches three of the fourteen tables, and redb charges every open
 /// table a lookup at open and a root check at commit (a fifth of the writer's time per batch).
 /// Reads go through `get` and `range`; writes only through `insert` and `remove` here.
+///
+/// Inserts reach redb late: `insert` encodes the change into the log record at once but only
+/// keeps it here, and `apply_deferred` makes it in redb once the batch's log write has started
+/// (`commit_batch`). redb's part of an insert (copying the leaf and branch pages it changes)
+/// was over half of the writer's work before the write; now it runs while the disk works.
+/// Changes to different keys commute, so only a read or removal of a key with a deferred
+/// insert, or a range read, applies the table's deferred inserts first.
 struct Logged<'t, 'r, K: Key + 'static, V: Value + 'static> {
     txn: &'t WriteTransaction,
     def: TableDefinition<'static, K, V>,
     table: Option<Table<'t, K, V>>,
     number: u8,
     log: &'r RefCell<Record>,
+    /// Inserts not yet made in redb, in order: `[key len: u32][value len: u32][key][value]`.
+    deferred: Vec<u8>,
+    /// Hashes of their keys (`key_hash`). A collision only applies them sooner than needed.
+    deferred_keys: HashSet<u64, BuildHasherDefault<Prehashed>>,
 }
 
 impl<'t, 'r, K: Key + 'static, V: Value + 'static> Logged<'t, 'r, K, V> {
@@ -970,7 +985,57 @@ impl<'t, 'r, K: Key + 'static, V: Value + 'static> Logged<'t, 'r, K, V> {
             table: None,
             number,
             log,
+            deferred: Vec::new(),
+            deferred_keys: HashSet::default(),
         }
+    }
+
+    /// A cheap multiply-rotate hash of a key's bytes: it needs no resistance to chosen keys,
+    /// as a collision costs a few early inserts, never a wrong read.
+    fn key_hash(key: &[u8]) -> u64 {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut h = key.len() as u64;
+        let mut chunks = key.chunks_exact(8);
+        for c in &mut chunks {
+            let word = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            h = (h.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+        h
+    }
+
+    /// Applies the deferred inserts when one of them is for `key`.
+    fn settle(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        if !self.deferred.is_empty() && self.deferred_keys.contains(&Self::key_hash(key)) {
+            self.apply_deferred()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the deferred inserts in redb, in the order they were made.
+    fn apply_deferred(&mut self) -> Result<(), StoreError> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        let deferred = std::mem::take(&mut self.deferred);
+        self.deferred_keys.clear();
+        let table = self.table()?;
+        let mut rest = &deferred[..];
+        while let Some((lens, tail)) = rest.split_first_chunk::<8>() {
+            let [k0, k1, k2, k3, v0, v1, v2, v3] = *lens;
+            let klen = u32::from_le_bytes([k0, k1, k2, k3]) as usize;
+            let vlen = u32::from_le_bytes([v0, v1, v2, v3]) as usize;
+            let (key, tail) = tail.split_at(klen);
+            let (value, tail) = tail.split_at(vlen);
+            table.insert(K::from_bytes(key), V::from_bytes(value))?;
+            rest = tail;
+        }
+        // Keep the buffer's capacity for the next inserts of this batch.
+        self.deferred = deferred;
+        self.deferred.clear();
+        Ok(())
     }
 
     fn table(&mut self) -> Result<&mut Table<'t, K, V>, StoreError> {
@@ -985,6 +1050,8 @@ impl<'t, 'r, K: Key + 'static, V: Value + 'static> Logged<'t, 'r, K, V> {
         &mut self,
         key: impl Borrow<K::SelfType<'k>>,
     ) -> Result<Option<AccessGuard<'_, V>>, StoreError> {
+        let key = key.borrow();
+        self.settle(K::as_bytes(key).as_ref())?;
         Ok(self.table()?.get(key)?)
     }
 
@@ -995,6 +1062,7 @@ impl<'t, 'r, K: Key + 'static, V: Value + 'static> Logged<'t, 'r, K, V> {
     where
         KR: Borrow<K::SelfType<'k>> + 'k,
     {
+        self.apply_deferred()?;
         Ok(self.table()?.range(range)?)
     }
 
@@ -1003,19 +1071,26 @@ impl<'t, 'r, K: Key + 'static, V: Value + 'static> Logged<'t, 'r, K, V> {
         key: impl Borrow<K::SelfType<'k>>,
         value: impl Borrow<V::SelfType<'v>>,
     ) -> Result<(), StoreError> {
-        let (key, value) = (key.borrow(), value.borrow());
-        self.log.borrow_mut().insert(
-            self.number,
-            K::as_bytes(key).as_ref(),
-            V::as_bytes(value).as_ref(),
-        );
-        self.table()?.insert(key, value)?;
+        let (key, value) = (K::as_bytes(key.borrow()), V::as_bytes(value.borrow()));
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let (Ok(klen), Ok(vlen)) = (u32::try_from(key.len()), u32::try_from(value.len())) else {
+            return Err(StoreError::Io(std::io::Error::other(
+                "a key or value of 4 GiB or more",
+            )));
+        };
+        self.log.borrow_mut().insert(self.number, key, value);
+        self.deferred.extend_from_slice(&klen.to_le_bytes());
+        self.deferred.extend_from_slice(&vlen.to_le_bytes());
+        self.deferred.extend_from_slice(key);
+        self.deferred.extend_from_slice(value);
+        self.deferred_keys.insert(Self::key_hash(key));
         Ok(())
     }
 
     /// Whether the key was there.
     fn remove<'k>(&mut self, key: impl Borrow<K::SelfType<'k>>) -> Result<bool, StoreError> {
         let key = key.borrow();
+        self.settle(K::as_bytes(key).as_ref())?;
         let removed = self.table()?.remove(key)?.is_some();
         if removed {
             self.log
@@ -1023,6 +1098,27 @@ impl<'t, 'r, K: Key + 'static, V: Value + 'static> Logged<'t, 'r, K, V> {
                 .remove(self.number, K::as_bytes(key).as_ref());
         }
         Ok(removed)
+    }
+}
+
+/// The hasher of a set of `key_hash` values, which are hashes already.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; anything else is folded in the same way.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -1043,12 +1139,35 @@ struct Tables<'t, 'r> {
     shares: Logged<'t, 'r, (u64, u64, u64), ()>,
 }
 
-fn apply_all(
-    txn: &WriteTransaction,
+impl Tables<'_, '_> {
+    /// Makes every table's deferred inserts in redb.
+    fn apply_deferred(&mut self) -> Result<(), StoreError> {
+        self.meta.apply_deferred()?;
+        self.messages.apply_deferred()?;
+        self.dedup.apply_deferred()?;
+        self.changes.apply_deferred()?;
+        self.rooms.apply_deferred()?;
+        self.members.apply_deferred()?;
+        self.dms.apply_deferred()?;
+        self.accounts.apply_deferred()?;
+        self.users.apply_deferred()?;
+        self.uploads.apply_deferred()?;
+        self.settings.apply_deferred()?;
+        self.invites.apply_deferred()?;
+        self.blobs.apply_deferred()?;
+        self.shares.apply_deferred()
+    }
+}
+
+/// A batch's results, and its tables, whose inserts are still to be made in redb.
+type Applied<'t, 'r> = (Vec<Result<WriteOutput, StoreError>>, Tables<'t, 'r>);
+
+fn apply_all<'t, 'r>(
+    txn: &'t WriteTransaction,
     ids: &mut IdGenerator,
     ops: Vec<WriteOp>,
-    log: &RefCell<Record>,
-) -> Result<Vec<Result<WriteOutput, StoreError>>, StoreError> {
+    log: &'r RefCell<Record>,
+) -> Result<Applied<'t, 'r>, StoreError> {
     use wal_table as n;
     let mut t = Tables {
         meta: Logged::new(txn, META, n::META, log),
@@ -1080,7 +1199,7 @@ fn apply_all(
     if ids.last() != last_before {
         t.meta.insert(META_LAST_ID, ids.last().0)?;
     }
-    Ok(results)
+    Ok((results, t))
 }
 
 fn live_message(t: &mut Tables<'_, '_>, room: Id, id: Id) -> Result<Message, StoreError> {
