@@ -801,6 +801,18 @@ mod tests {
             .collect()
     }
 
+    /// Alice's send of `content` with `client_msg_id` to `room`.
+    fn alice_sends(room: Id, client_msg_id: &str, content: &str) -> WriteOp {
+        WriteOp::AppendMessage {
+            room,
+            sender: crate::model::UserId::from("alice"),
+            client_msg_id: client_msg_id.into(),
+            kind: crate::model::MessageType::Text,
+            content: content.into(),
+            file: None,
+        }
+    }
+
     /// Alice sends `content` with `client_msg_id` to `room`.
     fn try_append(
         store: &Store,
@@ -808,14 +820,26 @@ mod tests {
         client_msg_id: &str,
         content: &str,
     ) -> Result<WriteOutput, StoreError> {
-        store.write_blocking(WriteOp::AppendMessage {
-            room,
-            sender: crate::model::UserId::from("alice"),
-            client_msg_id: client_msg_id.into(),
-            kind: crate::model::MessageType::Text,
-            content: content.into(),
-            file: None,
-        })
+        store.write_blocking(alice_sends(room, client_msg_id, content))
+    }
+
+    /// Submits Alice's send without waiting; its result goes to `results`.
+    fn submit_append(
+        store: &Store,
+        room: Id,
+        client_msg_id: &str,
+        content: &str,
+        results: &std::sync::mpsc::Sender<Result<WriteOutput, StoreError>>,
+    ) {
+        let results = results.clone();
+        store
+            .submit(
+                alice_sends(room, client_msg_id, content),
+                Box::new(move |r| {
+                    let _ = results.send(r);
+                }),
+            )
+            .expect("submit");
     }
 
     fn append(store: &Store, room: Id, client_msg_id: &str, content: &str) -> WriteOutput {
@@ -856,22 +880,7 @@ mod tests {
         let paused = store.inner.log.pause.write();
         let (tx, rx) = std::sync::mpsc::channel();
         for cid in ["first", "second"] {
-            let tx = tx.clone();
-            store
-                .submit(
-                    WriteOp::AppendMessage {
-                        room,
-                        sender: crate::model::UserId::from("alice"),
-                        client_msg_id: cid.into(),
-                        kind: crate::model::MessageType::Text,
-                        content: cid.into(),
-                        file: None,
-                    },
-                    Box::new(move |r| {
-                        let _ = tx.send(r);
-                    }),
-                )
-                .expect("submit");
+            submit_append(&store, room, cid, cid, &tx);
             // Taken by the writer: each write is a batch of its own.
             wait_until("the writer takes the write", || {
                 store.inner.queued.load(Ordering::Acquire) == 0
@@ -924,24 +933,7 @@ mod tests {
         let room = room_and_messages(&store, 0);
         let paused = store.inner.log.pause.write();
         let (tx, rx) = std::sync::mpsc::channel();
-        let send = |cid: &str, content: &str| {
-            let tx = tx.clone();
-            store
-                .submit(
-                    WriteOp::AppendMessage {
-                        room,
-                        sender: crate::model::UserId::from("alice"),
-                        client_msg_id: cid.into(),
-                        kind: crate::model::MessageType::Text,
-                        content: content.into(),
-                        file: None,
-                    },
-                    Box::new(move |r| {
-                        let _ = tx.send(r);
-                    }),
-                )
-                .expect("submit");
-        };
+        let send = |cid: &str, content: &str| submit_append(&store, room, cid, content, &tx);
         // Two batches of one write each occupy both log threads...
         for cid in ["first", "second"] {
             send(cid, cid);

@@ -808,7 +808,8 @@ pub(super) fn replay(db: &Database, wal: &mut Wal) -> Result<u64, StoreError> {
     Ok(batches)
 }
 
-/// Applies every op of a batch in one transaction, hands its log record to a log thread, then
+/// Applies every op of a batch in one transaction (its inserts encoded into the log record and
+/// kept aside, see `Logged`), hands the record to a log thread, then makes the inserts and
 /// commits the transaction without an fsync while the record is written; the batch's
 /// completions run once both are done. A storage failure before the hand-off fails the whole
 /// batch (nothing of it is committed); one after it stops the store (see the end); a logical
@@ -990,25 +991,9 @@ impl<'t, 'r, K: Key + 'static, V: Value + 'static> Logged<'t, 'r, K, V> {
         }
     }
 
-    /// A cheap multiply-rotate hash of a key's bytes: it needs no resistance to chosen keys,
-    /// as a collision costs a few early inserts, never a wrong read.
-    fn key_hash(key: &[u8]) -> u64 {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut h = key.len() as u64;
-        let mut chunks = key.chunks_exact(8);
-        for c in &mut chunks {
-            let word = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            h = (h.rotate_left(5) ^ word).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
-        }
-        h
-    }
-
     /// Applies the deferred inserts when one of them is for `key`.
     fn settle(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        if !self.deferred.is_empty() && self.deferred_keys.contains(&Self::key_hash(key)) {
+        if !self.deferred.is_empty() && self.deferred_keys.contains(&key_hash(key)) {
             self.apply_deferred()?;
         }
         Ok(())
@@ -1083,7 +1068,7 @@ impl<'t, 'r, K: Key + 'static, V: Value + 'static> Logged<'t, 'r, K, V> {
         self.deferred.extend_from_slice(&vlen.to_le_bytes());
         self.deferred.extend_from_slice(key);
         self.deferred.extend_from_slice(value);
-        self.deferred_keys.insert(Self::key_hash(key));
+        self.deferred_keys.insert(key_hash(key));
         Ok(())
     }
 
@@ -1101,6 +1086,22 @@ impl<'t, 'r, K: Key + 'static, V: Value + 'static> Logged<'t, 'r, K, V> {
     }
 }
 
+/// A cheap multiply-rotate hash of a key's bytes: it needs no resistance to chosen keys, as a
+/// collision costs a few early inserts, never a wrong read.
+fn key_hash(key: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = key.len() as u64;
+    let mut chunks = key.chunks_exact(8);
+    for c in &mut chunks {
+        let word = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        h = (h.rotate_left(5) ^ word).wrapping_mul(K);
+    }
+    for &b in chunks.remainder() {
+        h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+    }
+    h
+}
+
 /// The hasher of a set of `key_hash` values, which are hashes already.
 #[derive(Default)]
 struct Prehashed(u64);
@@ -1111,10 +1112,8 @@ impl Hasher for Prehashed {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used; anything else is folded in the same way.
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
+        // Only `write_u64` is used; anything else is hashed all the same.
+        self.0 ^= key_hash(bytes);
     }
 
     fn write_u64(&mut self, n: u64) {
