@@ -311,10 +311,10 @@ impl Hub {
         let presence_cfg = config.presence.clone();
         let snap = store.snapshot()?;
         let mut state = State::default();
-        for (room, members) in snap.rooms {
+        for (room, members, newest) in snap.rooms {
             let id = room.id;
             let mut entry = RoomEntry::new(room);
-            entry.last_message = AtomicU64::new(store.last_message_id_blocking(id)?.0);
+            entry.last_message = AtomicU64::new(newest.0);
             state.rooms.insert(id, entry);
             for m in members {
                 state.add_member(id, m);

@@ -112,7 +112,8 @@ const QUEUE_CAPACITY: usize = 65_536;
 
 /// What `Store::open` found on disk: every room with its members, and every known user.
 pub struct Snapshot {
-    pub rooms: Vec<(Room, Vec<Member>)>,
+    /// Each room, its members, and its newest message id (0 if it has none).
+    pub rooms: Vec<(Room, Vec<Member>, Id)>,
     pub users: Vec<User>,
 }
 
@@ -162,6 +163,7 @@ impl Store {
                 "storage recovered the writes after its last checkpoint from the write-ahead log"
             );
         }
+        tables::migrate_after_replay(&db)?;
         let (last_id, _, _) = tables::positions(&db)?;
         let db = Arc::new(db);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -412,6 +414,7 @@ impl Store {
         let txn = self.view()?;
         let rooms_t = txn.open_table(ROOMS)?;
         let members_t = txn.open_table(MEMBERS)?;
+        let heads_t = txn.open_table(ROOM_HEADS)?;
         let mut rooms = Vec::new();
         for row in rooms_t.iter()? {
             let (k, v) = row?;
@@ -422,7 +425,8 @@ impl Store {
                 let (_, v) = m?;
                 members.push(decode::<Member>("members", v.value())?);
             }
-            rooms.push((room, members));
+            let newest = heads_t.get(id)?.map_or(0, |v| v.value());
+            rooms.push((room, members, Id(newest)));
         }
         let users_t = txn.open_table(USERS)?;
         let mut users = Vec::new();
@@ -595,17 +599,6 @@ impl Store {
             Ok(n)
         })
         .await
-    }
-
-    /// The newest message id of a room (0 if none).
-    pub fn last_message_id_blocking(&self, room: Id) -> Result<Id, StoreError> {
-        let txn = self.view()?;
-        let t = txn.open_table(MESSAGES)?;
-        let last = t
-            .range((room.0, 0)..=(room.0, u64::MAX))?
-            .next_back()
-            .transpose()?;
-        Ok(last.map_or(Id(0), |(k, _)| Id(k.value().1)))
     }
 
     /// One message, if it exists in that room.
@@ -798,6 +791,16 @@ mod tests {
             .expect("history")
             .into_iter()
             .map(|m| m.content)
+            .collect()
+    }
+
+    /// The ids of `room`'s messages, oldest first.
+    fn contents_ids(store: &Store, room: Id) -> Vec<Id> {
+        store
+            .messages_after_blocking(room, Id(0), 1000)
+            .expect("history")
+            .into_iter()
+            .map(|m| m.id)
             .collect()
     }
 
@@ -1201,6 +1204,133 @@ mod tests {
             }
         ));
         back2.close();
+    }
+
+    /// Each room's newest message id, as the hub's snapshot reads it.
+    fn heads(store: &Store) -> Vec<(Id, Id)> {
+        let mut heads: Vec<_> = store
+            .snapshot()
+            .expect("snapshot")
+            .rooms
+            .into_iter()
+            .map(|(room, _, newest)| (room.id, newest))
+            .collect();
+        heads.sort();
+        heads
+    }
+
+    fn appended_id(out: Result<WriteOutput, StoreError>) -> Id {
+        match out.expect("append") {
+            WriteOutput::Appended { message, .. } => message.id,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// The newest message of each room is noted as batches commit, several rooms and several
+    /// messages per batch among them (a duplicate moves nothing), and comes back after a crash.
+    #[test]
+    fn each_rooms_newest_message_is_noted_per_batch_and_survives_a_crash() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open_at(dir.path(), HOUR);
+        let a = room_and_messages(&store, 2);
+        let b = room_and_messages(&store, 0);
+        let empty = room_and_messages(&store, 0);
+        let a_newest = contents_ids(&store, a);
+        assert_eq!(
+            heads(&store),
+            vec![
+                (a, *a_newest.last().expect("a message")),
+                (b, Id(0)),
+                (empty, Id(0))
+            ]
+        );
+
+        // One batch: both log threads are held, so these four writes wait and go together.
+        let paused = store.inner.log.pause.write();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for cid in ["hold-1", "hold-2"] {
+            submit_append(&store, a, cid, cid, &tx);
+            wait_until("the writer takes the write", || {
+                store.inner.queued.load(Ordering::Acquire) == 0
+            });
+        }
+        submit_append(&store, b, "b-1", "to b", &tx);
+        submit_append(&store, a, "a-last", "to a", &tx);
+        submit_append(&store, b, "b-2", "to b again", &tx);
+        submit_append(&store, a, "c-0", "a resend", &tx);
+        drop(paused);
+        let ids: Vec<Id> = (0..6)
+            .map(|_| {
+                appended_id(
+                    rx.recv_timeout(std::time::Duration::from_secs(5))
+                        .expect("completion"),
+                )
+            })
+            .collect();
+        let (a_last, b_last) = (ids[3], ids[4]);
+        assert!(ids[5] < a_last, "the resend is the older message");
+        let expected = vec![(a, a_last), (b, b_last), (empty, Id(0))];
+        assert_eq!(heads(&store), expected);
+
+        let crashed = crash_image(dir.path(), true);
+        store.close();
+        let back = open_at(crashed.path(), HOUR);
+        assert_eq!(heads(&back), expected, "replayed from the log");
+        back.close();
+        let reopened = open_at(dir.path(), HOUR);
+        assert_eq!(heads(&reopened), expected, "after a clean close");
+        reopened.close();
+    }
+
+    /// A schema 2 database (no `room_heads`) gets every room's newest message noted when it
+    /// is opened, and is schema 3 from then on.
+    #[test]
+    fn a_schema_2_database_has_its_rooms_newest_messages_noted_at_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open_at(dir.path(), HOUR);
+        let a = room_and_messages(&store, 3);
+        let b = room_and_messages(&store, 0);
+        append(&store, b, "b-0", "in b");
+        let empty = room_and_messages(&store, 0);
+        let expected = heads(&store);
+        assert_eq!(expected.len(), 3);
+        assert!(
+            expected
+                .iter()
+                .all(|&(room, newest)| (room == empty) == (newest == Id(0)))
+        );
+        assert_eq!(
+            expected[0],
+            (a, *contents_ids(&store, a).last().expect("a"))
+        );
+        assert_eq!(
+            expected[1],
+            (b, *contents_ids(&store, b).last().expect("b"))
+        );
+        store.close();
+        {
+            // What schema 2 left: no heads table.
+            let db = Database::create(dir.path().join("confab.redb")).expect("db");
+            let txn = db.begin_write().expect("txn");
+            txn.delete_table(ROOM_HEADS).expect("drop heads");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(META_SCHEMA, 2)
+                .expect("schema 2");
+            txn.commit().expect("commit");
+        }
+        let reopened = open_at(dir.path(), HOUR);
+        assert_eq!(heads(&reopened), expected);
+        let schema = reopened
+            .view()
+            .expect("view")
+            .open_table(META)
+            .expect("meta")
+            .get(META_SCHEMA)
+            .expect("get")
+            .map(|v| v.value());
+        assert_eq!(schema, Some(SCHEMA_VERSION));
+        reopened.close();
     }
 
     /// An idle writer checkpoints once the log is old enough: after a pause, the database

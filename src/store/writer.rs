@@ -1136,6 +1136,7 @@ struct Tables<'t, 'r> {
     invites: Logged<'t, 'r, &'static str, &'static [u8]>,
     blobs: Logged<'t, 'r, &'static str, &'static [u8]>,
     shares: Logged<'t, 'r, (u64, u64, u64), ()>,
+    room_heads: Logged<'t, 'r, u64, u64>,
 }
 
 impl Tables<'_, '_> {
@@ -1154,7 +1155,8 @@ impl Tables<'_, '_> {
         self.settings.apply_deferred()?;
         self.invites.apply_deferred()?;
         self.blobs.apply_deferred()?;
-        self.shares.apply_deferred()
+        self.shares.apply_deferred()?;
+        self.room_heads.apply_deferred()
     }
 }
 
@@ -1183,12 +1185,25 @@ fn apply_all<'t, 'r>(
         invites: Logged::new(txn, INVITES, n::INVITES, log),
         blobs: Logged::new(txn, BLOBS, n::BLOBS, log),
         shares: Logged::new(txn, SHARES, n::SHARES, log),
+        room_heads: Logged::new(txn, ROOM_HEADS, n::ROOM_HEADS, log),
     };
     let last_before = ids.last();
     let mut results = Vec::with_capacity(ops.len());
+    // (room, id) of each new message: the rooms' heads move once per batch, not per message.
+    let mut appended = Vec::new();
     for op in ops {
         match apply(&mut t, ids, op) {
-            Ok(out) => results.push(Ok(out)),
+            Ok(out) => {
+                if let WriteOutput::Appended {
+                    message,
+                    duplicate: false,
+                    ..
+                } = &out
+                {
+                    appended.push((message.room_id.0, message.id.0));
+                }
+                results.push(Ok(out))
+            }
             Err(e @ (StoreError::NotFound | StoreError::Forbidden | StoreError::Conflict)) => {
                 results.push(Err(e))
             }
@@ -1197,6 +1212,13 @@ fn apply_all<'t, 'r>(
     }
     if ids.last() != last_before {
         t.meta.insert(META_LAST_ID, ids.last().0)?;
+    }
+    appended.sort_unstable();
+    for (i, &(room, id)) in appended.iter().enumerate() {
+        // Sorted by room, then id: the last of each room's run is its newest.
+        if appended.get(i + 1).is_none_or(|next| next.0 != room) {
+            t.room_heads.insert(room, id)?;
+        }
     }
     Ok((results, t))
 }
