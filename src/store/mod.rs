@@ -845,6 +845,40 @@ mod tests {
             .expect("submit");
     }
 
+    /// Submits Alice's sends (`client_msg_id` as content too), each a batch of its own: the
+    /// next goes only once the writer has taken the one before. With the log paused, two such
+    /// batches hold both log threads, and later sends wait to go out together as one batch.
+    fn submit_own_batches(
+        store: &Store,
+        room: Id,
+        client_msg_ids: &[&str],
+        results: &std::sync::mpsc::Sender<Result<WriteOutput, StoreError>>,
+    ) {
+        for cid in client_msg_ids {
+            submit_append(store, room, cid, cid, results);
+            wait_until("the writer takes the write", || {
+                store.inner.queued.load(Ordering::Acquire) == 0
+            });
+        }
+    }
+
+    /// The next completed send from `results` (five seconds at most): its message, and whether
+    /// it was a duplicate.
+    fn next_appended(
+        results: &std::sync::mpsc::Receiver<Result<WriteOutput, StoreError>>,
+    ) -> (Message, bool) {
+        match results
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("completion")
+            .expect("write")
+        {
+            WriteOutput::Appended {
+                message, duplicate, ..
+            } => (message, duplicate),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     fn append(store: &Store, room: Id, client_msg_id: &str, content: &str) -> WriteOutput {
         try_append(store, room, client_msg_id, content).expect("append")
     }
@@ -882,13 +916,7 @@ mod tests {
         let room = room_and_messages(&store, 0);
         let paused = store.inner.log.pause.write();
         let (tx, rx) = std::sync::mpsc::channel();
-        for cid in ["first", "second"] {
-            submit_append(&store, room, cid, cid, &tx);
-            // Taken by the writer: each write is a batch of its own.
-            wait_until("the writer takes the write", || {
-                store.inner.queued.load(Ordering::Acquire) == 0
-            });
-        }
+        submit_own_batches(&store, room, &["first", "second"], &tx);
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(
             rx.try_recv().is_err(),
@@ -902,18 +930,7 @@ mod tests {
             "no read sees a write whose record is not on disk"
         );
         drop(paused);
-        let contents: Vec<_> = (0..2)
-            .map(|_| {
-                match rx
-                    .recv_timeout(std::time::Duration::from_secs(5))
-                    .expect("completion")
-                    .expect("write")
-                {
-                    WriteOutput::Appended { message, .. } => message.content,
-                    other => panic!("unexpected {other:?}"),
-                }
-            })
-            .collect();
+        let contents: Vec<_> = (0..2).map(|_| next_appended(&rx).0.content).collect();
         assert_eq!(contents, ["first", "second"], "completions in batch order");
         assert_eq!(
             store
@@ -936,31 +953,17 @@ mod tests {
         let room = room_and_messages(&store, 0);
         let paused = store.inner.log.pause.write();
         let (tx, rx) = std::sync::mpsc::channel();
-        let send = |cid: &str, content: &str| submit_append(&store, room, cid, content, &tx);
         // Two batches of one write each occupy both log threads...
-        for cid in ["first", "second"] {
-            send(cid, cid);
-            wait_until("the writer takes the write", || {
-                store.inner.queued.load(Ordering::Acquire) == 0
-            });
-        }
+        submit_own_batches(&store, room, &["first", "second"], &tx);
         // ...so these two wait (no batch starts while both log writes run), and go out
         // together as the next batch once the log writes end.
-        send("twice", "once");
-        send("twice", "once again");
+        submit_append(&store, room, "twice", "once", &tx);
+        submit_append(&store, room, "twice", "once again", &tx);
         drop(paused);
         let outputs: Vec<_> = (0..4)
             .map(|_| {
-                match rx
-                    .recv_timeout(std::time::Duration::from_secs(5))
-                    .expect("completion")
-                    .expect("write")
-                {
-                    WriteOutput::Appended {
-                        message, duplicate, ..
-                    } => (message.id, message.content, duplicate),
-                    other => panic!("unexpected {other:?}"),
-                }
+                let (message, duplicate) = next_appended(&rx);
+                (message.id, message.content, duplicate)
             })
             .collect();
         assert!(!outputs[2].2, "the first send is new");
@@ -1219,13 +1222,6 @@ mod tests {
         heads
     }
 
-    fn appended_id(out: Result<WriteOutput, StoreError>) -> Id {
-        match out.expect("append") {
-            WriteOutput::Appended { message, .. } => message.id,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
     /// The newest message of each room is noted as batches commit, several rooms and several
     /// messages per batch among them (a duplicate moves nothing), and comes back after a crash.
     #[test]
@@ -1248,25 +1244,13 @@ mod tests {
         // One batch: both log threads are held, so these four writes wait and go together.
         let paused = store.inner.log.pause.write();
         let (tx, rx) = std::sync::mpsc::channel();
-        for cid in ["hold-1", "hold-2"] {
-            submit_append(&store, a, cid, cid, &tx);
-            wait_until("the writer takes the write", || {
-                store.inner.queued.load(Ordering::Acquire) == 0
-            });
-        }
+        submit_own_batches(&store, a, &["hold-1", "hold-2"], &tx);
         submit_append(&store, b, "b-1", "to b", &tx);
         submit_append(&store, a, "a-last", "to a", &tx);
         submit_append(&store, b, "b-2", "to b again", &tx);
         submit_append(&store, a, "c-0", "a resend", &tx);
         drop(paused);
-        let ids: Vec<Id> = (0..6)
-            .map(|_| {
-                appended_id(
-                    rx.recv_timeout(std::time::Duration::from_secs(5))
-                        .expect("completion"),
-                )
-            })
-            .collect();
+        let ids: Vec<Id> = (0..6).map(|_| next_appended(&rx).0.id).collect();
         let (a_last, b_last) = (ids[3], ids[4]);
         assert!(ids[5] < a_last, "the resend is the older message");
         let expected = vec![(a, a_last), (b, b_last), (empty, Id(0))];

@@ -951,7 +951,7 @@ fn snapshot(db: &Arc<Database>, pipe: &mut Pipeline) -> Publish {
 }
 
 /// A table whose every change is also encoded into the batch's log record, opened on first
-/// use: a batch of messages touches three of the fourteen tables, and redb charges every open
+/// use: a batch of messages touches four of the fifteen tables, and redb charges every open
 /// table a lookup at open and a root check at commit (a fifth of the writer's time per batch).
 /// Reads go through `get` and `range`; writes only through `insert` and `remove` here.
 ///
