@@ -5,7 +5,7 @@ use crate::auth::Authenticator;
 use crate::chat::Hub;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -28,15 +28,22 @@ pub enum StartError {
 /// opened exclusively.
 pub fn reindex(config: &Config) -> Result<u64, StartError> {
     let metrics = Arc::new(Metrics::new());
-    let store = Store::open(
-        &config.storage.data_dir,
-        config.node.id,
-        config.storage.max_batch,
-        metrics,
-    )?;
+    let store =
+        Store::open_with_options(&config.storage.data_dir, metrics, &store_options(config))?;
     let n = crate::search::Search::rebuild(&config.storage.data_dir, &config.search, &store);
     store.close();
     Ok(n?)
+}
+
+/// The store's options from the configuration. Users of an older database who are not
+/// built-in accounts move to the namespace of the first configured host application key.
+fn store_options(config: &Config) -> StoreOptions {
+    StoreOptions {
+        node: config.node.id,
+        max_batch: config.storage.max_batch,
+        host_namespace: config.auth.public_keys.first().map(|k| k.namespace.clone()),
+        min_free_disk_bytes: config.storage.min_free_disk_bytes,
+    }
 }
 
 /// The opened parts, ready to serve.
@@ -54,12 +61,11 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let data = &config.storage.data_dir;
         let auth = Authenticator::new(&config.auth, data)?;
-        let store = Store::open(
-            data,
-            config.node.id,
-            config.storage.max_batch,
-            metrics.clone(),
-        )?;
+        let store = Store::open_with_options(data, metrics.clone(), &store_options(&config))?;
+        if store.renamed_users() > 0 {
+            // Their messages' sender changed: rebuild the index so sender filters find them.
+            crate::search::Search::discard(data)?;
+        }
         let files =
             crate::files::Files::open(data, config.files.clone(), store.clone(), metrics.clone())?;
         let search =

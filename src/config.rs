@@ -55,6 +55,9 @@ impl Default for ServerConfig {
 pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub max_batch: usize,
+    /// Writes are refused with `insufficient_storage` while the data directory's filesystem
+    /// has less than this free, and resume by themselves once it has more (0: never refuse).
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -62,6 +65,8 @@ impl Default for StorageConfig {
         Self {
             data_dir: PathBuf::from("./data"),
             max_batch: 2048,
+            // Room for the write-ahead log (4 MiB) and the pages a checkpoint writes out.
+            min_free_disk_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -74,7 +79,19 @@ pub struct PublicKeyConfig {
     pub path: PathBuf,
     #[serde(default)]
     pub kid: Option<String>,
+    /// The prefix of the user ids this key vouches for: a token with `sub` "42" verified by
+    /// this key is user `<namespace>:42`, never a built-in account (default `app`). Keys of
+    /// one host application share a namespace; two applications need two.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
 }
+
+fn default_namespace() -> String {
+    DEFAULT_KEY_NAMESPACE.to_owned()
+}
+
+/// The namespace of a public key that names none.
+pub const DEFAULT_KEY_NAMESPACE: &str = "app";
 
 pub use crate::model::Registration;
 
@@ -101,7 +118,23 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     pub leeway_secs: u64,
     pub token_ttl_secs: u64,
-    pub registration: Registration,
+    /// Self-registration of built-in accounts. Unset: `open`, or `closed` once
+    /// `public_keys` holds a host application's key (see `registration`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registration: Option<Registration>,
+}
+
+impl AuthConfig {
+    /// The registration mode in force: as configured, else closed when a host application's
+    /// keys are configured (its users never register) and open otherwise.
+    pub fn registration(&self) -> Registration {
+        self.registration
+            .unwrap_or(if !self.public_keys.is_empty() {
+                Registration::Closed
+            } else {
+                Registration::Open
+            })
+    }
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -129,7 +162,7 @@ impl Default for AuthConfig {
             audience: None,
             leeway_secs: 30,
             token_ttl_secs: 86_400,
-            registration: Registration::Open,
+            registration: None,
         }
     }
 }
@@ -535,6 +568,15 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
             return Err(invalid(
                 "auth.public_keys",
                 format!("alg {:?} is not one of RS256, ES256, EdDSA", k.alg),
+            ));
+        }
+        if !crate::model::valid_namespace(&k.namespace) {
+            return Err(invalid(
+                "auth.public_keys",
+                format!(
+                    "namespace {:?} must be 1-32 characters of a-z 0-9 _ . -",
+                    k.namespace
+                ),
             ));
         }
     }

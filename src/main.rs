@@ -35,7 +35,8 @@ enum Command {
     Serve,
     /// Mint a token signed with the local key, for embedding hosts, scripts and tests.
     Token {
-        /// The user id (the token's `sub`).
+        /// The user id (the token's `sub`): a built-in name, without `:` (a host
+        /// application's users are `<namespace>:<sub>` and come only from its own keys).
         #[arg(long)]
         user: String,
         /// Display name (the token's `name`).

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub log_write_seconds: Histogram,
     pub write_queue_depth: Gauge,
     pub storage_stopped: Gauge,
+    pub storage_disk_full: Gauge,
     resident_bytes: Gauge<u64, AtomicU64>,
     storage_bytes: Gauge<u64, AtomicU64>,
     pub files_disk_bytes: Gauge<u64, AtomicU64>,
@@ -64,6 +65,7 @@ impl Metrics {
             log_write_seconds: Histogram::new(exponential_buckets(0.000_125, 2.0, 15)),
             write_queue_depth: Gauge::default(),
             storage_stopped: Gauge::default(),
+            storage_disk_full: Gauge::default(),
             resident_bytes: Gauge::default(),
             storage_bytes: Gauge::default(),
             files_disk_bytes: Gauge::default(),
@@ -147,6 +149,11 @@ impl Metrics {
             "confab_storage_stopped",
             "1 once storage has stopped after a failed disk write (every write fails until a restart)",
             m.storage_stopped.clone(),
+        );
+        r.register(
+            "confab_storage_disk_full",
+            "1 while writes are refused because free disk space is below storage.min_free_disk_bytes",
+            m.storage_disk_full.clone(),
         );
         r.register(
             "process_resident_memory_bytes",

@@ -54,6 +54,8 @@ struct PublicKey {
     alg: Algorithm,
     kid: Option<String>,
     key: DecodingKey,
+    /// The prefix of the user ids this key vouches for.
+    namespace: String,
 }
 
 /// Verifies tokens against the local HS256 secret and any configured public keys, and mints
@@ -73,8 +75,10 @@ struct Inner {
     ttl_secs: u64,
 }
 
-/// Longest user id accepted from a token.
-pub const MAX_USER_ID_BYTES: usize = 128;
+/// Longest `sub` accepted from a token.
+pub const MAX_SUB_BYTES: usize = 128;
+/// Longest user id: a namespace (32), its separator and a `sub`.
+pub const MAX_USER_ID_BYTES: usize = 32 + 1 + MAX_SUB_BYTES;
 
 impl Authenticator {
     /// Builds the verifier: the HS256 secret comes from `jwt_secret_file`, `jwt_secret`, or
@@ -99,8 +103,10 @@ impl Authenticator {
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("bad header: {e}")))?;
-        let key = match header.alg {
-            Algorithm::HS256 => &self.inner.hs_decode,
+        // The key decides the namespace: the server's own secret vouches for built-in names,
+        // a host application's key for `<namespace>:<sub>` (see `model::UserId`).
+        let (key, namespace) = match header.alg {
+            Algorithm::HS256 => (&self.inner.hs_decode, None),
             alg => self
                 .inner
                 .public
@@ -108,7 +114,7 @@ impl Authenticator {
                 .find(|k| {
                     k.alg == alg && (k.kid.is_none() || k.kid.as_deref() == header.kid.as_deref())
                 })
-                .map(|k| &k.key)
+                .map(|k| (&k.key, Some(k.namespace.as_str())))
                 .ok_or_else(|| AuthError::Invalid(format!("no key for alg {alg:?}")))?,
         };
         let mut v = Validation::new(header.alg);
@@ -141,21 +147,30 @@ impl Authenticator {
             }
         })?;
         let c = data.claims;
-        if c.sub.is_empty()
-            || c.sub.len() > MAX_USER_ID_BYTES
-            || c.sub.chars().any(char::is_control)
-        {
+        if c.sub.is_empty() || c.sub.len() > MAX_SUB_BYTES || c.sub.chars().any(char::is_control) {
             return Err(AuthError::Invalid(
                 "sub must be 1-128 printable bytes".into(),
             ));
         }
+        let user_id = match namespace {
+            Some(ns) => crate::model::namespaced_user(ns, &c.sub),
+            None if crate::model::is_builtin_user(&c.sub) => UserId::from(c.sub.as_str()),
+            // A `:` would let the holder of the local secret speak for a host application's
+            // user; built-in names never contain one.
+            None => {
+                return Err(AuthError::Invalid(
+                    "the sub of a token signed with the server's own key must not contain ':'"
+                        .into(),
+                ));
+            }
+        };
         let name = c
             .name
             .filter(|n| !n.trim().is_empty())
             .map(|n| n.chars().take(64).collect())
-            .unwrap_or_else(|| c.sub.clone());
+            .unwrap_or(c.sub);
         Ok(Identity {
-            user_id: UserId::from(c.sub),
+            user_id,
             name,
             expires_at: c.exp,
         })
@@ -168,6 +183,11 @@ impl Authenticator {
         name: Option<&str>,
         ttl_secs: Option<u64>,
     ) -> Result<String, AuthError> {
+        if !crate::model::is_builtin_user(user) {
+            return Err(AuthError::BadInput(
+                "a user id minted with the server's own key must not contain ':'".into(),
+            ));
+        }
         let now = now_ms() / 1000;
         let claims = Claims {
             sub: user.to_owned(),
@@ -216,6 +236,7 @@ fn load_public_keys(cfg: &AuthConfig) -> Result<Vec<PublicKey>, AuthError> {
             alg,
             kid: pk.kid.clone(),
             key,
+            namespace: pk.namespace.clone(),
         });
     }
     Ok(public)
@@ -293,6 +314,19 @@ mod tests {
         assert!(b.verify(&t).is_ok());
     }
 
+    /// Issue 24, point 1: the server's own key never vouches for a namespaced user.
+    #[test]
+    fn local_tokens_never_name_a_namespaced_user() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = auth(dir.path(), None);
+        assert!(a.mint("app:42", None, Some(60)).is_err());
+        let claims = serde_json::json!({"sub":"app:42","exp": now_ms()/1000 + 3600});
+        let forged =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.inner.hs_encode)
+                .expect("encode");
+        assert!(matches!(a.verify(&forged), Err(AuthError::Invalid(_))));
+    }
+
     #[test]
     fn refuses_none_expired_and_wrong_audience() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -357,16 +391,18 @@ mod tests {
             &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
         );
         let (ed, ed_pub) = keypair(dir.path(), "ed", &["-algorithm", "ED25519"]);
-        let key = |alg: &str, path: &Path, kid: Option<&str>| crate::config::PublicKeyConfig {
-            alg: alg.into(),
-            path: path.to_owned(),
-            kid: kid.map(str::to_owned),
-        };
+        let key =
+            |alg: &str, path: &Path, kid: Option<&str>, ns: &str| crate::config::PublicKeyConfig {
+                alg: alg.into(),
+                path: path.to_owned(),
+                kid: kid.map(str::to_owned),
+                namespace: ns.into(),
+            };
         let cfg = AuthConfig {
             public_keys: vec![
-                key("RS256", &rsa_pub, Some("k1")),
-                key("ES256", &ec_pub, None),
-                key("EdDSA", &ed_pub, None),
+                key("RS256", &rsa_pub, Some("k1"), "app"),
+                key("ES256", &ec_pub, None, "app"),
+                key("EdDSA", &ed_pub, None, "shop"),
             ],
             issuer: Some("https://app.example".into()),
             ..AuthConfig::default()
@@ -396,9 +432,14 @@ mod tests {
             EncodingKey::from_ed_pem(&ed).expect("ed"),
             None,
         );
-        for t in [&rs, &es, &eddsa] {
+        // Issue 24, point 1: each key vouches for its own namespace, never a built-in name.
+        for (t, want) in [
+            (&rs, "app:host-user-7"),
+            (&es, "app:host-user-7"),
+            (&eddsa, "shop:host-user-7"),
+        ] {
             let id = a.verify(t).expect("a host token verifies");
-            assert_eq!(&*id.user_id, "host-user-7");
+            assert_eq!(&*id.user_id, want);
             assert_eq!(id.name, "Host User");
         }
         // Wrong kid, and a token signed with another key of the right kind, are refused.

@@ -25,6 +25,9 @@ pub enum ChatError {
     /// Over a count limit (rooms, connections per user).
     #[error("{0}")]
     LimitReached(&'static str),
+    /// The disk is too full to store anything: refused, nothing written.
+    #[error("the server's disk is full; nothing was saved")]
+    DiskFull,
     #[error("storage failure")]
     Storage(#[source] StoreError),
 }
@@ -37,6 +40,7 @@ impl From<StoreError> for ChatError {
             StoreError::Conflict => ChatError::Conflict("already exists"),
             StoreError::Overloaded => ChatError::Unavailable("server is overloaded, retry shortly"),
             StoreError::Closed => ChatError::Unavailable("server is shutting down"),
+            StoreError::DiskFull => ChatError::DiskFull,
             other => ChatError::Storage(other),
         }
     }
@@ -58,6 +62,7 @@ impl ChatError {
                 return w;
             }
             ChatError::LimitReached(_) => ErrorCode::RateLimited,
+            ChatError::DiskFull => ErrorCode::InsufficientStorage,
             ChatError::Storage(e) => {
                 tracing::error!(error = %e, "storage failure answered as internal");
                 return WireError::new(ErrorCode::Internal, "internal error; nothing was saved");

@@ -305,7 +305,7 @@ impl Hub {
         config: &crate::config::Config,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, ChatError> {
-        let registration = config.auth.registration;
+        let registration = config.auth.registration();
         let limits = config.limits.clone();
         let rate = config.rate_limits.clone();
         let presence_cfg = config.presence.clone();

@@ -59,10 +59,14 @@ pub fn topic(s: &str, max: usize) -> Result<String, ChatError> {
     Ok(t.to_owned())
 }
 
-/// A user id named by a client: 1–128 bytes, no control characters.
+/// A user id named by a client: 1–161 bytes (a namespace, `:` and a 128-byte `sub`), no
+/// control characters.
 pub fn user_id(s: &str) -> Result<(), ChatError> {
     if s.is_empty() || s.len() > crate::auth::MAX_USER_ID_BYTES || s.chars().any(char::is_control) {
-        return Err(ChatError::Invalid("user_id must be 1-128 bytes".into()));
+        return Err(ChatError::Invalid(format!(
+            "user_id must be 1-{} bytes",
+            crate::auth::MAX_USER_ID_BYTES
+        )));
     }
     Ok(())
 }

@@ -7,8 +7,32 @@ pub use ids::{ID_EPOCH_MS, Id, IdGenerator, MAX_NODE_ID};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// A user id: the JWT `sub` (for built-in accounts, the username). Shared, cheap to clone.
+/// A user id. Built-in accounts (and names the server's own key vouches for) are bare:
+/// `alice`. A host application's users are `<namespace>:<sub>`, the namespace being the
+/// one of the key that verified the token (`app:42`). Usernames never contain `:`, so no
+/// source can name a user of another. Shared, cheap to clone.
 pub type UserId = Arc<str>;
+
+/// Separates a host application's namespace from its `sub` in a user id.
+pub const NAMESPACE_SEPARATOR: char = ':';
+
+/// A key namespace: 1–32 characters of `a-z 0-9 _ . -`.
+pub fn valid_namespace(ns: &str) -> bool {
+    (1..=32).contains(&ns.len())
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+}
+
+/// The id of `sub` as vouched for by a key of namespace `ns`.
+pub fn namespaced_user(ns: &str, sub: &str) -> UserId {
+    UserId::from(format!("{ns}{NAMESPACE_SEPARATOR}{sub}"))
+}
+
+/// Whether `id` is in the built-in namespace (an account or a name the server's key minted).
+pub fn is_builtin_user(id: &str) -> bool {
+    !id.contains(NAMESPACE_SEPARATOR)
+}
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> u64 {

@@ -206,6 +206,14 @@ impl Search {
         Ok(search)
     }
 
+    /// Removes the index, so the next `open` rebuilds it from storage.
+    pub fn discard(data_dir: &Path) -> Result<(), SearchError> {
+        match std::fs::remove_dir_all(data_dir.join("search")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Rebuilds the index from storage into a fresh directory and swaps it in. For
     /// `confab reindex`, with the server stopped. Returns how many messages were indexed.
     pub fn rebuild(data_dir: &Path, cfg: &SearchConfig, store: &Store) -> Result<u64, SearchError> {

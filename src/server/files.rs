@@ -41,6 +41,15 @@ pub fn file_error(e: FileError) -> WireError {
         FileError::Empty => WireError::new(ErrorCode::InvalidPayload, e.to_string()),
         FileError::NotFound => WireError::new(ErrorCode::NotFound, "file not found"),
         FileError::Store(s) => store_error(s),
+        // The disk filled up while the bytes streamed in (the floor is checked every 8 MiB):
+        // nothing was recorded, and the client learns why.
+        FileError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            tracing::warn!(error = %io, "upload refused: the disk is full");
+            WireError::new(
+                ErrorCode::InsufficientStorage,
+                FileError::InsufficientStorage.to_string(),
+            )
+        }
         FileError::Io(io) => {
             tracing::error!(error = %io, "file i/o failure");
             WireError::new(ErrorCode::Internal, "internal error; nothing was saved")

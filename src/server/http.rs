@@ -117,6 +117,11 @@ async fn route_inner(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage stopped after a failed disk write; restart Confab\n",
             )
+        } else if st.hub.store().is_disk_full() {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the disk is nearly full (storage.min_free_disk_bytes): writes are refused until space is freed\n",
+            )
         } else {
             text(StatusCode::OK, "ready\n")
         }),
@@ -168,6 +173,9 @@ async fn api(st: &AppState, method: &Method, seg: &[&str], req: Request<Incoming
     let me = authenticate(st, &req)?;
     let hub = &st.hub;
     let user = &me.user_id;
+    // A user who only ever calls REST is known too, so that no registration can take the
+    // name later (issue 24, point 1). Free when the name is already known.
+    hub.remember_name(user, &me.name);
     if let ["files", rest @ ..] = seg {
         return super::files::api(st, user, method, rest, req).await;
     }

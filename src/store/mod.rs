@@ -5,6 +5,8 @@
 //! batch is durable. Reads run on tokio's blocking pool, on the snapshot published with the
 //! last completed batch. Nothing outside this module knows redb.
 
+mod disk;
+mod id_spaces;
 mod tables;
 pub use tables::SCHEMA_VERSION;
 mod wal;
@@ -36,6 +38,8 @@ pub enum StoreError {
     Overloaded,
     #[error("storage is closed")]
     Closed,
+    #[error("the disk is too full to store this (storage.min_free_disk_bytes)")]
+    DiskFull,
     #[error("{0} is in use by another Confab process (stop the server first)")]
     InUse(PathBuf),
     #[error("database: {0}")]
@@ -94,6 +98,8 @@ struct Inner {
     view: Arc<writer::ViewCell>,
     /// Set by the writer when it stops after a failed log write and checkpoint.
     stopped: Arc<AtomicBool>,
+    disk: Arc<disk::DiskGuard>,
+    renamed_users: u64,
     #[cfg(test)]
     log: Arc<wal::LogFile>,
 }
@@ -109,6 +115,32 @@ impl Drop for Inner {
 /// Most writes waiting for the writer; past this, writes fail fast with `Overloaded`. Counted
 /// rather than a `sync_channel`, which would allocate every slot up front (~8 MB).
 const QUEUE_CAPACITY: usize = 65_536;
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The configured node id (`None`: the stored one, or one picked at random once).
+    pub node: Option<u16>,
+    /// Most writes in one batch.
+    pub max_batch: usize,
+    /// Where a database older than schema 4 moves the users that are not built-in accounts:
+    /// the namespace of the configured host application's keys (`None` when none is
+    /// configured: such users were minted with the server's own key).
+    pub host_namespace: Option<String>,
+    /// Writes are refused with `DiskFull` while less than this is free (0: never).
+    pub min_free_disk_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            node: None,
+            max_batch: 2048,
+            host_namespace: None,
+            min_free_disk_bytes: 0,
+        }
+    }
+}
 
 /// What `Store::open` found on disk: every room with its members, and every known user.
 pub struct Snapshot {
@@ -126,22 +158,32 @@ impl Store {
         max_batch: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        Self::open_with(
-            data_dir,
-            configured_node,
+        let options = StoreOptions {
+            node: configured_node,
             max_batch,
-            metrics,
-            wal::CHECKPOINT_AGE,
-        )
+            ..StoreOptions::default()
+        };
+        Self::open_with(data_dir, metrics, wal::CHECKPOINT_AGE, &options)
+    }
+
+    /// `open` with every option (see `StoreOptions`).
+    pub fn open_with_options(
+        data_dir: &Path,
+        metrics: Arc<Metrics>,
+        options: &StoreOptions,
+    ) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, metrics, wal::CHECKPOINT_AGE, options)
     }
 
     fn open_with(
         data_dir: &Path,
-        configured_node: Option<u16>,
-        max_batch: usize,
         metrics: Arc<Metrics>,
         checkpoint_age: std::time::Duration,
+        options: &StoreOptions,
     ) -> Result<Self, StoreError> {
+        let configured_node = options.node;
+        let max_batch = options.max_batch;
+        let host_namespace = options.host_namespace.as_deref();
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("confab.redb");
         let db = Database::builder().create(&path).map_err(|e| match e {
@@ -163,13 +205,17 @@ impl Store {
                 "storage recovered the writes after its last checkpoint from the write-ahead log"
             );
         }
-        tables::migrate_after_replay(&db)?;
+        let renamed_users = tables::migrate_after_replay(&db, host_namespace)?;
         let (last_id, _, _) = tables::positions(&db)?;
         let db = Arc::new(db);
         let (tx, rx) = std::sync::mpsc::channel();
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let after_batch = Arc::new(std::sync::OnceLock::new());
         let stopped = Arc::new(AtomicBool::new(false));
+        let disk = Arc::new(disk::DiskGuard::new(
+            data_dir.to_path_buf(),
+            options.min_free_disk_bytes,
+        ));
         #[cfg(test)]
         let log = wal.file();
         let view = Arc::new(parking_lot::RwLock::new(Some(Arc::new(writer::View::new(
@@ -187,6 +233,7 @@ impl Store {
             view: view.clone(),
             wal,
             stopped: stopped.clone(),
+            disk: disk.clone(),
         })?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -201,10 +248,19 @@ impl Store {
                 after_batch,
                 view,
                 stopped,
+                disk,
+                renamed_users,
                 #[cfg(test)]
                 log,
             }),
         })
+    }
+
+    /// How many users this open moved into a host application's namespace (see
+    /// `StoreOptions::host_namespace`); their messages' sender changed, so the search index
+    /// is stale.
+    pub fn renamed_users(&self) -> u64 {
+        self.inner.renamed_users
     }
 
     /// Sets what the writer thread runs after the completions of each committed batch (the
@@ -260,6 +316,12 @@ impl Store {
     /// failed, so every write fails until Confab restarts (and recovers what is on disk).
     pub fn is_stopped(&self) -> bool {
         self.inner.stopped.load(Ordering::Acquire)
+    }
+
+    /// Whether writes are refused now because free disk space is below the floor (they
+    /// resume by themselves once it is back).
+    pub fn is_disk_full(&self) -> bool {
+        self.inner.disk.full().0
     }
 
     /// Stops taking writes, lets the writer commit everything already queued, and waits for it.
@@ -781,7 +843,12 @@ mod tests {
 
     /// The store in `dir` (node 1, batches of 64), whose idle writer checkpoints after `age`.
     fn open_at(dir: &Path, age: std::time::Duration) -> Store {
-        Store::open_with(dir, Some(1), 64, Arc::new(Metrics::new()), age).expect("open")
+        let options = StoreOptions {
+            node: Some(1),
+            max_batch: 64,
+            ..StoreOptions::default()
+        };
+        Store::open_with(dir, Arc::new(Metrics::new()), age, &options).expect("open")
     }
 
     /// The contents of `room`'s messages, oldest first.

@@ -5,7 +5,7 @@ use crate::model::Id;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 /// Bump when a table's layout changes, and add a migration in `init`.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// Small named values: schema version, node id, last issued id.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -227,24 +227,48 @@ pub fn apply_logged(
 }
 
 /// The migrations that need what the log holds (a log written by the older build is
-/// replayed first, so they see its writes). Schema 2 → 3: fills `room_heads` from `messages`.
-pub fn migrate_after_replay(db: &Database) -> Result<(), StoreError> {
-    let txn = db.begin_write()?;
-    let rooms = {
-        let mut meta = txn.open_table(META)?;
-        if meta.get(META_SCHEMA)?.map(|v| v.value()) != Some(2) {
-            return Ok(());
-        }
-        let rooms = fill_room_heads(&txn)?;
-        meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
-        rooms
+/// replayed first, so they see its writes). Schema 2 → 3 fills `room_heads` from `messages`;
+/// 3 → 4 separates the id spaces of built-in accounts and host applications (issue 24,
+/// point 1): with `host_namespace` set (a host application's keys are configured), every user
+/// that is not a built-in account came from its tokens and becomes `<namespace>:<id>`; then
+/// every member and uploader is recorded as a known user, so that no registration can take
+/// their name. Returns how many users were renamed.
+pub fn migrate_after_replay(
+    db: &Database,
+    host_namespace: Option<&str>,
+) -> Result<u64, StoreError> {
+    let schema = |db: &Database| -> Result<Option<u64>, StoreError> {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(META_SCHEMA)?.map(|v| v.value()))
     };
-    txn.commit()?;
-    tracing::info!(
-        rooms,
-        "storage schema 2 -> 3: newest message of each room noted"
-    );
-    Ok(())
+    if schema(db)? == Some(2) {
+        let txn = db.begin_write()?;
+        let rooms = fill_room_heads(&txn)?;
+        txn.open_table(META)?.insert(META_SCHEMA, 3)?;
+        txn.commit()?;
+        tracing::info!(
+            rooms,
+            "storage schema 2 -> 3: newest message of each room noted"
+        );
+    }
+    let mut renamed = 0;
+    if schema(db)? == Some(3) {
+        let txn = db.begin_write()?;
+        if let Some(ns) = host_namespace {
+            renamed = super::id_spaces::rename_host_users(&txn, ns)?;
+        }
+        let reserved = super::id_spaces::reserve_known_users(&txn)?;
+        txn.open_table(META)?.insert(META_SCHEMA, SCHEMA_VERSION)?;
+        txn.commit()?;
+        tracing::info!(
+            renamed,
+            reserved,
+            namespace = host_namespace.unwrap_or(""),
+            "storage schema 3 -> 4: host application users namespaced, members recorded as users"
+        );
+    }
+    Ok(renamed)
 }
 
 /// Notes every room's newest message in `room_heads`, in the caller's transaction. Returns
@@ -307,7 +331,7 @@ mod tests {
             txn.commit().expect("commit");
         }
         init(&db, Some(1)).expect("init migrates");
-        migrate_after_replay(&db).expect("then to schema 3");
+        migrate_after_replay(&db, None).expect("then to the current schema");
         let txn = db.begin_read().expect("read");
         let meta = txn.open_table(META).expect("meta");
         assert_eq!(
@@ -331,6 +355,6 @@ mod tests {
         drop((meta, new, txn));
         // A second open finds the current schema and changes nothing.
         init(&db, Some(1)).expect("init again");
-        migrate_after_replay(&db).expect("nothing to migrate");
+        migrate_after_replay(&db, None).expect("nothing to migrate");
     }
 }

@@ -265,6 +265,8 @@ pub(super) struct Writer {
     pub wal: Wal,
     /// Set once the writer has stopped (`Pipeline::stopped`), for readiness checks.
     pub stopped: Arc<AtomicBool>,
+    /// Refuses batches while the disk is nearly full.
+    pub disk: Arc<super::disk::DiskGuard>,
 }
 
 pub(super) fn spawn(writer: Writer) -> Result<std::thread::JoinHandle<()>, StoreError> {
@@ -547,6 +549,7 @@ struct Ctx<'a> {
     metrics: &'a Metrics,
     after_batch: &'a OnceLock<AfterBatch>,
     view: &'a ViewCell,
+    disk: &'a super::disk::DiskGuard,
 }
 
 impl Ctx<'_> {
@@ -606,6 +609,7 @@ fn run(writer: Writer, log: LogThreads) {
         view,
         wal,
         stopped,
+        disk,
     } = writer;
     // The log threads hold their own senders; the store's handle sends `Stop` when dropped.
     drop(loopback);
@@ -617,6 +621,7 @@ fn run(writer: Writer, log: LogThreads) {
         metrics: &metrics,
         after_batch: &after_batch,
         view: &view,
+        disk: &disk,
     };
     let mut pipe = Pipeline {
         slots: VecDeque::new(),
@@ -829,6 +834,29 @@ fn commit_batch(cx: &mut Ctx<'_>, pipe: &mut Pipeline, ops: Vec<WriteOp>, dones:
             started,
         );
         return;
+    }
+    // Below the free-space floor nothing is written (a barrier writes nothing, so catch-up
+    // still works): the writes fail as `DiskFull`, and the next batch after space comes
+    // back commits as usual.
+    if !ops.iter().all(|op| matches!(op, WriteOp::Barrier)) {
+        let (full, changed) = cx.disk.full();
+        if changed {
+            cx.metrics.storage_disk_full.set(i64::from(full));
+            if full {
+                tracing::error!(
+                    "the disk is nearly full (storage.min_free_disk_bytes): writes are refused until space is freed"
+                );
+            } else {
+                tracing::warn!(
+                    "disk space is back above storage.min_free_disk_bytes: writes resume"
+                );
+            }
+        }
+        if full {
+            let results = (0..n).map(|_| Err(StoreError::DiskFull)).collect();
+            pipe.push(SlotState::Ready, Publish::Keep, dones, results, started);
+            return;
+        }
     }
     let fail_all = |pipe: &mut Pipeline, dones, e: StoreError| {
         tracing::error!(error = %e, writes = n, "storage commit failed");
@@ -1264,6 +1292,16 @@ fn new_member(user: UserId, role: Role) -> Member {
     Member::new(user, role, now_ms())
 }
 
+/// Records `user` as known if it is not yet, so that no account can be registered under a
+/// name that already holds rooms (issue 24, point 1): a member is always a known user.
+fn reserve_user(t: &mut Tables<'_, '_>, user: &UserId) -> Result<(), StoreError> {
+    if t.users.get(&**user)?.is_none() {
+        let u = User::new(user.clone(), user.to_string());
+        t.users.insert(&**user, encode(&u).as_slice())?;
+    }
+    Ok(())
+}
+
 fn apply(
     t: &mut Tables<'_, '_>,
     ids: &mut IdGenerator,
@@ -1301,6 +1339,8 @@ fn apply(
                 }
                 None => None,
             };
+            // `created_at` is the clock, not the id's time: after the clock is set back the id
+            // keeps rising from the last one issued, and its time part stands still.
             let now = now_ms();
             let id = ids.next(now);
             if let Some(f) = &file {
@@ -1314,7 +1354,7 @@ fn apply(
                 kind,
                 content,
                 status: MessageStatus::Sent,
-                created_at: id.timestamp_ms(),
+                created_at: now,
                 edited_at: None,
                 deleted_at: None,
                 file,
@@ -1394,8 +1434,9 @@ fn apply(
                 visibility,
                 kind: RoomKind::Group,
                 created_by: owner.clone(),
-                created_at: id.timestamp_ms(),
+                created_at: now,
             };
+            reserve_user(t, &owner)?;
             let member = new_member(owner, Role::Owner);
             t.rooms.insert(id.0, encode(&room).as_slice())?;
             t.members
@@ -1415,6 +1456,7 @@ fn apply(
                     added: false,
                 });
             }
+            reserve_user(t, &user)?;
             let member = new_member(user, role);
             t.members
                 .insert((room.0, &*member.user_id), encode(&member).as_slice())?;
@@ -1440,7 +1482,8 @@ fn apply(
                     None => return Err(StoreError::NotFound),
                 },
                 None => {
-                    let id = ids.next(now_ms());
+                    let now = now_ms();
+                    let id = ids.next(now);
                     let room = Room {
                         id,
                         name: String::new(),
@@ -1448,7 +1491,7 @@ fn apply(
                         visibility: Visibility::Private,
                         kind: RoomKind::Dm,
                         created_by: a.clone(),
-                        created_at: id.timestamp_ms(),
+                        created_at: now,
                     };
                     t.rooms.insert(id.0, encode(&room).as_slice())?;
                     t.dms.insert((&*lo, &*hi), id.0)?;
@@ -1458,6 +1501,7 @@ fn apply(
             let mut added = Vec::new();
             for user in [lo, hi] {
                 if t.members.get((room.id.0, &*user))?.is_none() {
+                    reserve_user(t, &user)?;
                     let m = new_member(user, Role::Member);
                     t.members
                         .insert((room.id.0, &*m.user_id), encode(&m).as_slice())?;

@@ -1732,3 +1732,31 @@ impl Server {
         self.env.push((key.to_string(), value.to_string()));
     }
 }
+
+/// A file that a Debian package provides, installed with apt-get when missing (the tests run
+/// as root in CI; elsewhere the panic says what to install).
+pub fn debian_file(package: &str, path: &str) -> PathBuf {
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let file = PathBuf::from(path);
+    if !file.exists() {
+        let apt = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let install = ["install", "-y", "--no-install-recommends", package];
+        if !apt(&install) {
+            apt(&["update"]);
+            apt(&install);
+        }
+    }
+    assert!(
+        file.exists(),
+        "this test needs {path} from Debian's {package}: `apt-get install {package}` (as root)"
+    );
+    file
+}

@@ -1,0 +1,172 @@
+//! A full disk (issue 24, point 10a): writes are refused with a typed `insufficient_storage`, reads go on, `/readyz` agrees, and writes resume by themselves once space is back.
+
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::{Options, Server};
+
+const MIB: u64 = 1024 * 1024;
+
+/// A tmpfs of `size` mounted over `dir` (keeping what `dir` held), unmounted on drop.
+struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount_over(dir: &Path, size: u64) -> SmallDisk {
+        let keep = dir.with_extension("before-mount");
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().expect("run");
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(Command::new("cp").arg("-a").arg(dir).arg(&keep));
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}")])
+            .arg("tmpfs")
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            mounted.status.success(),
+            "this test mounts a small tmpfs and needs root: {}",
+            String::from_utf8_lossy(&mounted.stderr)
+        );
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", keep.display()))
+            .arg(dir));
+        let _ = std::fs::remove_dir_all(&keep);
+        SmallDisk {
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn free(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.dir)
+            .output()
+            .expect("run df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df prints the free bytes")
+    }
+
+    /// Fills the disk until `left` bytes are free; returns the filler's path.
+    fn fill_leaving(&self, left: u64) -> PathBuf {
+        let filler = self.dir.join("filler");
+        let size = self.free().saturating_sub(left);
+        std::fs::write(&filler, vec![0u8; size as usize]).expect("write the filler");
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Polls `check` every 50 ms for at most 5 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_writes_with_a_typed_error_and_they_resume_when_space_is_back() {
+    let mut server = Server::start_with(Options::env(&[(
+        "CONFAB_STORAGE__MIN_FREE_DISK_BYTES",
+        "8388608",
+    )]));
+    server.sigterm();
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+    let disk = SmallDisk::mount_over(&server.data_dir, 48 * MIB);
+    server.restart();
+
+    let token = server.token("alice", Some("Alice"));
+    let mut alice = server.connect("alice").await;
+    let room = alice.create_room("full", "public").await;
+    let mut acked = vec![alice.say(&room, "before").await["id"].clone()];
+
+    let filler = disk.fill_leaving(4 * MIB);
+    let mut n = 0;
+    eventually("a send is refused with insufficient_storage", async || {
+        n += 1;
+        match alice
+            .send_message(&room, &format!("full-{n}"), "while full")
+            .await
+        {
+            Ok(ack) => {
+                acked.push(ack["message"]["id"].clone());
+                false
+            }
+            Err((code, _)) => {
+                assert_eq!(code, "insufficient_storage");
+                true
+            }
+        }
+    })
+    .await;
+    let rest = server
+        .post(
+            &format!("/api/rooms/{room}/messages"),
+            Some(&token),
+            &json!({"client_msg_id": "rest-full", "type": "text", "content": "x"}),
+        )
+        .await;
+    rest.assert_error(507, "insufficient_storage", "a REST send on a full disk");
+    let ready = server.get("/readyz", None).await;
+    assert_eq!(
+        ready.status, 503,
+        "/readyz while writes are refused: {}",
+        ready.text
+    );
+    // Reads go on.
+    let (page, _) = alice.history(json!({"room_id": room, "limit": 50})).await;
+    assert_eq!(page.len(), acked.len());
+
+    std::fs::remove_file(&filler).expect("free the space");
+    eventually("writes resume by themselves", async || {
+        n += 1;
+        match alice
+            .send_message(&room, &format!("back-{n}"), "space is back")
+            .await
+        {
+            Ok(ack) => {
+                acked.push(ack["message"]["id"].clone());
+                true
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    let ready = server.get("/readyz", None).await;
+    assert_eq!(
+        ready.status, 200,
+        "/readyz once writes work: {}",
+        ready.text
+    );
+    let (page, _) = alice.history(json!({"room_id": room, "limit": 50})).await;
+    let listed: Vec<_> = page.iter().rev().map(|m| m["id"].clone()).collect();
+    assert_eq!(
+        listed, acked,
+        "every acknowledged message, and nothing else"
+    );
+    assert!(server.metric("confab_storage_disk_full").await == 0.0);
+    drop(alice);
+    server.sigterm();
+    let _ = server.wait_exit(Duration::from_secs(10));
+    drop(disk);
+}
