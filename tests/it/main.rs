@@ -15,6 +15,7 @@ mod history;
 mod idempotency;
 mod limits;
 mod ops;
+mod order;
 mod presence;
 mod receipts;
 mod rooms;
