@@ -101,9 +101,11 @@ pub struct HistoryPage {
 /// Where the answer to a send goes once it is durable.
 pub enum Reply {
     /// Straight into a connection's queue, ahead of the broadcast: sends pipeline without the
-    /// connection waiting for each commit.
+    /// connection waiting for each commit. The send counts as in flight on the connection
+    /// until its ack (or error) is queued, so that the connection's next other request waits
+    /// for it (`Connection::settled`).
     Socket {
-        outbox: Arc<Outbox>,
+        send: InFlight,
         reference: Option<String>,
     },
     /// To a waiting caller (REST).
@@ -220,9 +222,49 @@ pub struct Connection {
     live: std::sync::atomic::AtomicBool,
     messages: limits::Bucket,
     typing: limits::Bucket,
+    /// Sends submitted on this connection whose ack (or error) is not queued yet.
+    in_flight: std::sync::atomic::AtomicU32,
+    /// Signalled when `in_flight` drops to zero; only the connection's reader waits on it.
+    settled: tokio::sync::Notify,
+}
+
+/// One send in flight on a connection: taken before the send is submitted, dropped once its
+/// ack or error is queued (or with the send, if it never reaches storage), so the count can
+/// never stay up and hold the connection's next request forever.
+pub struct InFlight(Arc<Connection>);
+
+impl InFlight {
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.0.outbox
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // A stored permit if the reader is not waiting: its loop checks the count again.
+            self.0.settled.notify_one();
+        }
+    }
 }
 
 impl Connection {
+    /// Counts a send as in flight until the returned guard drops (see `InFlight`).
+    pub fn begin_send(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// Resolves once every send submitted on this connection so far has its ack or error
+    /// queued, and so is durable and visible to reads: replies then leave in the order the
+    /// requests arrived, and a read sees the writes sent before it. At once when none is in
+    /// flight (the usual case).
+    pub async fn settled(&self) {
+        while self.in_flight.load(Ordering::Acquire) != 0 {
+            self.settled.notified().await;
+        }
+    }
+
     /// Takes a message token from this connection's bucket (sends, edits, deletes).
     pub fn take_message_token(&self) -> Result<(), ChatError> {
         self.messages.take()
@@ -500,6 +542,8 @@ impl Hub {
             live: std::sync::atomic::AtomicBool::new(false),
             messages: limits::Bucket::new(self.rate.messages_per_sec, self.rate.messages_burst),
             typing: limits::Bucket::new(self.rate.typing_per_sec, self.rate.typing_burst),
+            in_flight: std::sync::atomic::AtomicU32::new(0),
+            settled: tokio::sync::Notify::new(),
         });
         conn.outbox.push(greeting(id));
         if catching_up {
@@ -857,7 +901,8 @@ impl Hub {
             held.index.push(a.message.clone());
         }
         match reply {
-            Reply::Socket { outbox, reference } => {
+            Reply::Socket { send, reference } => {
+                let outbox = send.outbox();
                 let frame = match (&ack, &json) {
                     (Ok(a), Some(json)) => protocol::ack(
                         reference.as_deref(),
@@ -874,9 +919,10 @@ impl Hub {
                     (Pushed::Overflowed, _) => {
                         self.metrics.slow_consumer_closes.inc();
                     }
-                    (_, true) => held.wake.push(outbox),
+                    (_, true) => held.wake.push(outbox.clone()),
                     _ => {}
                 }
+                // The ack is queued: the send stops counting as in flight (`send` drops here).
             }
             Reply::Channel(tx) => {
                 let _ = tx.send(ack);

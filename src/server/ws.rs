@@ -565,8 +565,7 @@ where
                     _ => (close::PROTOCOL_ERROR, "protocol error"),
                 };
                 tracing::info!(conn = conn.id, error = %e, "closing websocket");
-                ctrl.close(code, reason);
-                return Break(());
+                return close_after_acks(conn, ctrl, code, reason).await;
             }
         };
         last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -577,50 +576,79 @@ where
         *consumed += (head_len + f.payload.len()) as u64;
         if head[1] & 0x80 == 0 {
             // RFC 6455 §5.1: a server must close on an unmasked client frame.
-            ctrl.close(close::PROTOCOL_ERROR, "client frames must be masked");
-            return Break(());
+            return close_after_acks(
+                conn,
+                ctrl,
+                close::PROTOCOL_ERROR,
+                "client frames must be masked",
+            )
+            .await;
         }
         match f.opcode {
             OpCode::Text if f.fin => {
                 if partial.is_some() {
-                    ctrl.close(close::PROTOCOL_ERROR, "expected a continuation frame");
-                    return Break(());
+                    return close_after_acks(
+                        conn,
+                        ctrl,
+                        close::PROTOCOL_ERROR,
+                        "expected a continuation frame",
+                    )
+                    .await;
                 }
                 if handle_text(st, conn, &f.payload).await
                     && strikes.hit(st.config.rate_limits.abuse_strikes)
                 {
-                    ctrl.close(close::POLICY, "too many requests over the rate limits");
-                    return Break(());
+                    return close_after_acks(
+                        conn,
+                        ctrl,
+                        close::POLICY,
+                        "too many requests over the rate limits",
+                    )
+                    .await;
                 }
             }
             OpCode::Text => {
                 if partial.is_some() {
-                    ctrl.close(close::PROTOCOL_ERROR, "expected a continuation frame");
-                    return Break(());
+                    return close_after_acks(
+                        conn,
+                        ctrl,
+                        close::PROTOCOL_ERROR,
+                        "expected a continuation frame",
+                    )
+                    .await;
                 }
                 *partial = Some(f.payload.to_vec());
             }
             OpCode::Continuation => {
                 let Some(buf) = partial.as_mut() else {
-                    ctrl.close(close::PROTOCOL_ERROR, "unexpected continuation frame");
-                    return Break(());
+                    return close_after_acks(
+                        conn,
+                        ctrl,
+                        close::PROTOCOL_ERROR,
+                        "unexpected continuation frame",
+                    )
+                    .await;
                 };
                 if buf.len() + f.payload.len() > max {
-                    ctrl.close(close::TOO_BIG, "message too large");
-                    return Break(());
+                    return close_after_acks(conn, ctrl, close::TOO_BIG, "message too large").await;
                 }
                 buf.extend_from_slice(&f.payload);
                 if f.fin {
                     let whole = partial.take().unwrap_or_default();
                     if std::str::from_utf8(&whole).is_err() {
-                        ctrl.close(close::INVALID_DATA, "invalid UTF-8");
-                        return Break(());
+                        return close_after_acks(conn, ctrl, close::INVALID_DATA, "invalid UTF-8")
+                            .await;
                     }
                     if handle_text(st, conn, &whole).await
                         && strikes.hit(st.config.rate_limits.abuse_strikes)
                     {
-                        ctrl.close(close::POLICY, "too many requests over the rate limits");
-                        return Break(());
+                        return close_after_acks(
+                            conn,
+                            ctrl,
+                            close::POLICY,
+                            "too many requests over the rate limits",
+                        )
+                        .await;
                     }
                 }
             }
@@ -630,12 +658,12 @@ where
                     "binary frames are not supported; send JSON text frames",
                 );
                 st.metrics.error(e.code);
+                conn.settled().await;
                 conn.outbox.push(protocol::error(None, &e));
             }
             OpCode::Close => {
                 // Answer once (fastwebsockets' auto-close would answer twice).
-                ctrl.close(close::NORMAL, "");
-                return Break(());
+                return close_after_acks(conn, ctrl, close::NORMAL, "").await;
             }
             OpCode::Ping => {
                 ctrl.pong(&f.payload);
@@ -646,19 +674,43 @@ where
     Continue(())
 }
 
-/// Parses one request and answers it on the connection's outbox.
+/// Asks the writer to close once every send in flight on the connection has its ack queued:
+/// nothing stored goes unacknowledged on a live socket (the writer sends what is queued, then
+/// the close frame).
+async fn close_after_acks(
+    conn: &Connection,
+    ctrl: &Control,
+    code: u16,
+    reason: &'static str,
+) -> std::ops::ControlFlow<()> {
+    conn.settled().await;
+    ctrl.close(code, reason);
+    std::ops::ControlFlow::Break(())
+}
+
 /// Answers one text frame. Returns true when a limit refused it (a strike).
+///
+/// Replies leave in the order requests arrived. Sends pipeline: a send is submitted without
+/// waiting for the sends before it, and its ack is queued by its completion, in commit order.
+/// Anything else answered here (another request, a refused send, a bad frame) first waits
+/// until every earlier send's ack is queued (`Connection::settled`), so it never overtakes
+/// one, and a read then sees every write sent before it on this connection.
 async fn handle_text(st: &AppState, conn: &Arc<Connection>, text: &[u8]) -> bool {
     let frame = match protocol::parse_client_frame(text) {
         Ok(f) => f,
         Err(e) => {
             st.metrics.error(e.code);
             tracing::debug!(conn = conn.id, code = e.code.as_str(), "bad frame");
+            conn.settled().await;
             conn.outbox.push(protocol::error(None, &e));
             return false;
         }
     };
     let reference = frame.reference.as_deref();
+    let pipelined = &*frame.event == "send_message";
+    if !pipelined {
+        conn.settled().await;
+    }
     // Boxed: the request handlers' futures are large, and inline they would be part of every
     // idle connection's session future. One allocation per request, none per delivery.
     let answer = Box::pin(dispatch(st, conn, &frame.event, reference, frame.data)).await;
@@ -670,6 +722,8 @@ async fn handle_text(st: &AppState, conn: &Arc<Connection>, text: &[u8]) -> bool
         Err(e) => {
             st.metrics.error(e.code);
             tracing::debug!(conn = conn.id, event = %frame.event, code = e.code.as_str(), "request refused");
+            // A send refused before storage: after the acks of the sends before it.
+            conn.settled().await;
             conn.outbox.push(protocol::error(reference, &e));
             return e.code == ErrorCode::RateLimited;
         }
@@ -728,7 +782,7 @@ async fn dispatch(
                     file_id: d.file_id,
                 },
                 Reply::Socket {
-                    outbox: conn.outbox.clone(),
+                    send: conn.begin_send(),
                     reference: reference.map(str::to_owned),
                 },
             )

@@ -18,6 +18,7 @@ mod idempotency;
 mod identity;
 mod limits;
 mod ops;
+mod order;
 mod presence;
 mod receipts;
 mod rooms;

@@ -787,6 +787,42 @@ impl Client {
         Ok(r)
     }
 
+    /// Sends text frames back to back and flushes once, so they leave in one write and the
+    /// server reads them without waiting for any answer; `Err` if the connection is gone.
+    pub async fn try_send_frames_at_once(
+        &mut self,
+        texts: &[String],
+    ) -> Result<(), tungstenite::Error> {
+        let all = async {
+            for t in texts {
+                self.ws.feed(Message::text(t.clone())).await?;
+            }
+            self.ws.flush().await
+        };
+        match tokio::time::timeout(TIMEOUT, all).await {
+            Ok(r) => r,
+            Err(_) => Err(tungstenite::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "send timed out",
+            ))),
+        }
+    }
+
+    /// Sends requests (event, data) back to back in one write, without waiting for any
+    /// answer; returns their refs in order. Panics if the connection is gone.
+    pub async fn send_requests_at_once(&mut self, requests: &[(&str, Value)]) -> Vec<String> {
+        let refs: Vec<String> = requests.iter().map(|_| format!("r{}", unique())).collect();
+        let texts: Vec<String> = requests
+            .iter()
+            .zip(&refs)
+            .map(|((event, data), r)| json!({"event": event, "ref": r, "data": data}).to_string())
+            .collect();
+        if let Err(e) = self.try_send_frames_at_once(&texts).await {
+            panic!("sending {} requests at once failed: {e}", texts.len());
+        }
+        refs
+    }
+
     pub async fn send_request(&mut self, event: &str, data: Value) -> String {
         let r = self.try_send_request(event, data).await;
         r.unwrap_or_else(|e| panic!("sending {event} failed: {e}"))
