@@ -585,16 +585,16 @@ where
             .await;
         }
         match f.opcode {
+            OpCode::Text if partial.is_some() => {
+                return close_after_acks(
+                    conn,
+                    ctrl,
+                    close::PROTOCOL_ERROR,
+                    "expected a continuation frame",
+                )
+                .await;
+            }
             OpCode::Text if f.fin => {
-                if partial.is_some() {
-                    return close_after_acks(
-                        conn,
-                        ctrl,
-                        close::PROTOCOL_ERROR,
-                        "expected a continuation frame",
-                    )
-                    .await;
-                }
                 if handle_text(st, conn, &f.payload).await
                     && strikes.hit(st.config.rate_limits.abuse_strikes)
                 {
@@ -608,15 +608,6 @@ where
                 }
             }
             OpCode::Text => {
-                if partial.is_some() {
-                    return close_after_acks(
-                        conn,
-                        ctrl,
-                        close::PROTOCOL_ERROR,
-                        "expected a continuation frame",
-                    )
-                    .await;
-                }
                 *partial = Some(f.payload.to_vec());
             }
             OpCode::Continuation => {

@@ -75,6 +75,22 @@ impl Drop for SmallDisk {
     }
 }
 
+/// Sends one message: notes its id in `acked` when acknowledged, or returns the error code.
+async fn send(
+    client: &mut crate::support::Client,
+    room: &str,
+    client_msg_id: &str,
+    acked: &mut Vec<serde_json::Value>,
+) -> Option<String> {
+    match client.send_message(room, client_msg_id, "a message").await {
+        Ok(ack) => {
+            acked.push(ack["message"]["id"].clone());
+            None
+        }
+        Err((code, _)) => Some(code),
+    }
+}
+
 /// Polls `check` every 50 ms for at most 5 s.
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -104,19 +120,11 @@ async fn a_full_disk_refuses_writes_with_a_typed_error_and_they_resume_when_spac
     let mut n = 0;
     eventually("a send is refused with insufficient_storage", async || {
         n += 1;
-        match alice
-            .send_message(&room, &format!("full-{n}"), "while full")
-            .await
-        {
-            Ok(ack) => {
-                acked.push(ack["message"]["id"].clone());
-                false
-            }
-            Err((code, _)) => {
-                assert_eq!(code, "insufficient_storage");
-                true
-            }
+        let refused = send(&mut alice, &room, &format!("full-{n}"), &mut acked).await;
+        if let Some(code) = &refused {
+            assert_eq!(code, "insufficient_storage");
         }
+        refused.is_some()
     })
     .await;
     let rest = server
@@ -140,16 +148,9 @@ async fn a_full_disk_refuses_writes_with_a_typed_error_and_they_resume_when_spac
     std::fs::remove_file(&filler).expect("free the space");
     eventually("writes resume by themselves", async || {
         n += 1;
-        match alice
-            .send_message(&room, &format!("back-{n}"), "space is back")
+        send(&mut alice, &room, &format!("back-{n}"), &mut acked)
             .await
-        {
-            Ok(ack) => {
-                acked.push(ack["message"]["id"].clone());
-                true
-            }
-            Err(_) => false,
-        }
+            .is_none()
     })
     .await;
     let ready = server.get("/readyz", None).await;
