@@ -112,6 +112,8 @@ export class ConfabClient {
   #serverOffset = 0;
   #liveWaiters = new Set();
   #windowListeners = null;
+  /** Set between `pagehide` and `pageshow`: no reconnecting while the page is hidden. */
+  #suspended = false;
 
   #rooms = new Map();
   #cursors = new Map();
@@ -613,9 +615,23 @@ export class ConfabClient {
     const offline = () => {
       if (this.#conn?.hello) this.#checkAlive(this.#conn);
     };
+    // A page leaving (or frozen in the back/forward cache, where Chromium keeps its sockets
+    // open) must not keep its user online: drop the connection, and catch up when shown again.
+    const pagehide = () => {
+      this.#suspended = true;
+      if (this.#conn) this.#onClosed(this.#conn, { code: CLOSE_LOCAL, reason: "page hidden", suspend: true });
+      else this.#stayOffline(undefined);
+    };
+    const pageshow = () => {
+      if (!this.#suspended) return;
+      this.#suspended = false;
+      if (!this.#closed && !this.#conn) this.#connectNow();
+    };
     g.addEventListener("online", online);
     g.addEventListener("offline", offline);
-    this.#windowListeners = { online, offline };
+    g.addEventListener("pagehide", pagehide);
+    g.addEventListener("pageshow", pageshow);
+    this.#windowListeners = { online, offline, pagehide, pageshow };
   }
 
   #unlistenToWindow() {
@@ -623,6 +639,8 @@ export class ConfabClient {
     if (!l) return;
     globalThis.removeEventListener?.("online", l.online);
     globalThis.removeEventListener?.("offline", l.offline);
+    globalThis.removeEventListener?.("pagehide", l.pagehide);
+    globalThis.removeEventListener?.("pageshow", l.pageshow);
     this.#windowListeners = null;
   }
 
@@ -676,7 +694,7 @@ export class ConfabClient {
 
   async #openSocket() {
     this.#retryTimer = null;
-    if (this.#closed || this.#conn) return;
+    if (this.#closed || this.#conn || this.#suspended) return;
     const conn = {
       id: ++this.#connSeq, ws: null, opened: false, hello: null, live: false, liveAt: 0,
       timers: [], pinging: false, lateStarted: new Set(),
@@ -770,6 +788,10 @@ export class ConfabClient {
     this.#late.clear();
     this.#typingSent.clear();
     if (this.#closed) return;
+    if (info.suspend) {
+      this.#stayOffline(undefined, { code: info.code, reason: info.reason });
+      return;
+    }
 
     const code = info.code;
     const now = Date.now();
