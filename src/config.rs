@@ -213,6 +213,23 @@ pub struct RateLimits {
     pub uploads_per_sec: u32,
     pub uploads_burst: u32,
     pub abuse_strikes: u32,
+    /// Failed logins allowed per account and client address before waits start.
+    pub login_free_failures: u32,
+    /// Failed logins allowed per client address, across all accounts, before its waits start.
+    pub login_address_free_failures: u32,
+    /// Failed logins allowed per account, across all addresses, before account-wide waits
+    /// start (counted apart for addresses still within their own free failures and the rest).
+    pub login_account_free_failures: u32,
+    /// The first wait after the free failures, in milliseconds; it doubles per further failure.
+    pub login_backoff_base_ms: u64,
+    /// The longest wait, in milliseconds: how long at most an attacker can hold a login back.
+    pub login_backoff_max_ms: u64,
+    /// Seconds without a failure after which a key's failures are forgotten.
+    pub login_forget_secs: u64,
+    /// Registration and setup attempts per client address: the steady rate per minute.
+    pub registrations_per_min_per_ip: u32,
+    /// Registration and setup attempts per client address that may come at once.
+    pub registrations_burst_per_ip: u32,
 }
 
 impl Default for RateLimits {
@@ -231,6 +248,14 @@ impl Default for RateLimits {
             uploads_per_sec: 2,
             uploads_burst: 20,
             abuse_strikes: 50,
+            login_free_failures: 5,
+            login_address_free_failures: 20,
+            login_account_free_failures: 100,
+            login_backoff_base_ms: 1000,
+            login_backoff_max_ms: 60_000,
+            login_forget_secs: 900,
+            registrations_per_min_per_ip: 2,
+            registrations_burst_per_ip: 10,
         }
     }
 }
@@ -598,10 +623,39 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         ("rate_limits.uploads_per_sec", r.uploads_per_sec),
         ("rate_limits.uploads_burst", r.uploads_burst),
         ("rate_limits.abuse_strikes", r.abuse_strikes),
+        ("rate_limits.login_free_failures", r.login_free_failures),
+        (
+            "rate_limits.login_address_free_failures",
+            r.login_address_free_failures,
+        ),
+        (
+            "rate_limits.login_account_free_failures",
+            r.login_account_free_failures,
+        ),
+        (
+            "rate_limits.registrations_per_min_per_ip",
+            r.registrations_per_min_per_ip,
+        ),
+        (
+            "rate_limits.registrations_burst_per_ip",
+            r.registrations_burst_per_ip,
+        ),
     ] {
         if v == 0 {
             return Err(invalid(key, "must be at least 1"));
         }
+    }
+    if r.login_backoff_base_ms == 0 || r.login_backoff_max_ms < r.login_backoff_base_ms {
+        return Err(invalid(
+            "rate_limits.login_backoff_max_ms",
+            "login_backoff_base_ms must be at least 1 and login_backoff_max_ms at least that",
+        ));
+    }
+    if r.login_forget_secs.saturating_mul(1000) < r.login_backoff_max_ms {
+        return Err(invalid(
+            "rate_limits.login_forget_secs",
+            "must be at least as long as rate_limits.login_backoff_max_ms",
+        ));
     }
     if raw.limits.max_rooms_per_user == 0 || raw.limits.max_connections_per_user == 0 {
         return Err(invalid(

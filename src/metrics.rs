@@ -39,6 +39,8 @@ pub struct Metrics {
     pub search_index_bytes: Gauge<u64, AtomicU64>,
     pub search_lag: Gauge<u64, AtomicU64>,
     pub search_indexed: Counter,
+    pub auth_failures: Family<CodeLabels, Counter>,
+    pub auth_throttled: Family<CodeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -77,6 +79,8 @@ impl Metrics {
             search_index_bytes: Gauge::default(),
             search_lag: Gauge::default(),
             search_indexed: Counter::default(),
+            auth_failures: Family::default(),
+            auth_throttled: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -210,6 +214,25 @@ impl Metrics {
             "Message changes applied to the search index",
             m.search_indexed.clone(),
         );
+        r.register(
+            "confab_auth_failures",
+            "Refused logins, registrations and setups (wrong password, taken name, bad token, ...), by kind",
+            m.auth_failures.clone(),
+        );
+        r.register(
+            "confab_auth_throttled",
+            "Logins, registrations and setups refused with 429 before being checked, by kind",
+            m.auth_throttled.clone(),
+        );
+        // Present at 0 from the start, so a dashboard's rate has a baseline.
+        for kind in ["login", "register", "setup"] {
+            m.auth_failures
+                .get_or_create(&vec![("kind", kind)])
+                .inc_by(0);
+            m.auth_throttled
+                .get_or_create(&vec![("kind", kind)])
+                .inc_by(0);
+        }
         Self { registry, ..m }
     }
 
@@ -224,6 +247,20 @@ impl Metrics {
     pub fn thumbnail(&self, result: &'static str) {
         self.thumbnails
             .get_or_create(&vec![("result", result)])
+            .inc();
+    }
+
+    /// Counts a refused login, registration or setup (`kind`: login, register, setup).
+    pub fn auth_failure(&self, kind: &'static str) {
+        self.auth_failures
+            .get_or_create(&vec![("kind", kind)])
+            .inc();
+    }
+
+    /// Counts a login, registration or setup held back by its rate limit.
+    pub fn auth_throttled(&self, kind: &'static str) {
+        self.auth_throttled
+            .get_or_create(&vec![("kind", kind)])
             .inc();
     }
 

@@ -40,6 +40,14 @@ impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
         Self(RateLimiter::keyed(quota(per_sec, burst)))
     }
 
+    /// One token every `period`, `burst` at once (rates slower than one per second).
+    pub fn with_period(period: std::time::Duration, burst: u32) -> Self {
+        let q = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        Self(RateLimiter::keyed(q))
+    }
+
     pub fn take(&self, key: &K) -> Result<(), ChatError> {
         self.0.check_key(key).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());

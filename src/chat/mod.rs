@@ -5,6 +5,7 @@
 //! order. It knows no transport: connections are `Outbox`es of encoded frames.
 
 mod admin;
+pub mod auth_limits;
 mod error;
 pub mod limits;
 mod live;

@@ -15,7 +15,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
 /// Response bodies: whole buffers, or files streamed from disk.
@@ -134,7 +134,7 @@ async fn route_inner(
             );
             Ok(r)
         }
-        (_, ["api", rest @ ..]) => api(&st, method, rest, req).await,
+        (_, ["api", rest @ ..]) => api(&st, peer.ip(), method, rest, req).await,
         (&Method::GET | &Method::HEAD, ["files", id]) => {
             super::files::download(&st, req, id, false).await
         }
@@ -155,11 +155,21 @@ async fn route_inner(
 
 pub(super) type ApiResult = Result<Resp, WireError>;
 
-async fn api(st: &AppState, method: &Method, seg: &[&str], req: Request<Incoming>) -> ApiResult {
+async fn api(
+    st: &AppState,
+    ip: IpAddr,
+    method: &Method,
+    seg: &[&str],
+    req: Request<Incoming>,
+) -> ApiResult {
     match (method, seg) {
-        (&Method::POST, ["auth", "register"]) => return register(st, req).await,
-        (&Method::POST, ["auth", "login"]) => return login(st, req).await,
-        (&Method::POST, ["setup"]) => return setup(st, req).await,
+        (&Method::POST, ["auth", "register"]) => {
+            return counted(st, "register", register(st, ip, req).await);
+        }
+        (&Method::POST, ["auth", "login"]) => {
+            return counted(st, "login", login(st, ip, req).await);
+        }
+        (&Method::POST, ["setup"]) => return counted(st, "setup", setup(st, ip, req).await),
         (&Method::GET, ["server"]) => {
             return ok(&serde_json::json!({
                 "name": "Confab",
@@ -377,11 +387,11 @@ async fn new_account(
     display_name: Option<String>,
 ) -> Result<(String, Account), WireError> {
     let username = auth::validate_username(username).map_err(auth_error)?;
-    auth::validate_password(&password).map_err(auth_error)?;
     let display = display_name
         .map(|d| d.trim().chars().take(64).collect::<String>())
         .filter(|d| !d.is_empty() && !d.chars().any(char::is_control))
         .unwrap_or_else(|| username.clone());
+    auth::validate_password(&password, &[&username, &display]).map_err(auth_error)?;
     let _slot = hashing_slots()
         .acquire()
         .await
@@ -399,7 +409,8 @@ async fn new_account(
     Ok((username, account))
 }
 
-async fn register(st: &AppState, req: Request<Incoming>) -> ApiResult {
+async fn register(st: &AppState, ip: IpAddr, req: Request<Incoming>) -> ApiResult {
+    st.auth_limits.signup(ip).map_err(|e| e.to_wire())?;
     let mode = st.hub.registration();
     if mode == Registration::Closed {
         return Err(WireError::new(
@@ -453,7 +464,8 @@ async fn register(st: &AppState, req: Request<Incoming>) -> ApiResult {
 }
 
 /// First-run setup: the administrator's account and the first room.
-async fn setup(st: &AppState, req: Request<Incoming>) -> ApiResult {
+async fn setup(st: &AppState, ip: IpAddr, req: Request<Incoming>) -> ApiResult {
+    st.auth_limits.signup(ip).map_err(|e| e.to_wire())?;
     let hub = &st.hub;
     if hub.setup_token().is_none() {
         return Err(WireError::new(
@@ -532,14 +544,34 @@ fn hashing_slots() -> &'static tokio::sync::Semaphore {
     })
 }
 
+/// Counts a login, registration or setup that was refused, or held back by its rate limit.
+fn counted(st: &AppState, kind: &'static str, res: ApiResult) -> ApiResult {
+    if let Err(e) = &res {
+        match e.code {
+            ErrorCode::RateLimited => st.metrics.auth_throttled(kind),
+            // The server's trouble, not the client's attempt.
+            ErrorCode::Internal | ErrorCode::Unavailable => {}
+            _ => st.metrics.auth_failure(kind),
+        }
+    }
+    res
+}
+
 /// A hash to verify against when the account does not exist, so a wrong username costs the
 /// same time as a wrong password.
 static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-async fn login(st: &AppState, req: Request<Incoming>) -> ApiResult {
+async fn login(st: &AppState, ip: IpAddr, req: Request<Incoming>) -> ApiResult {
+    st.auth_limits.check_address(ip).map_err(|e| e.to_wire())?;
     let b: protocol::Login = body(req).await?;
     let bad = || WireError::new(ErrorCode::Unauthorized, "wrong username or password");
-    let Ok(username) = auth::validate_username(&b.username) else {
+    let username = auth::validate_username(&b.username).ok();
+    // Dropped before `succeeded`, the attempt counts as a failure: every return below.
+    let attempt = st
+        .auth_limits
+        .begin_login(username.as_deref(), ip)
+        .map_err(|e| e.to_wire())?;
+    let Some(username) = username else {
         return Err(bad());
     };
     let account = st
@@ -567,10 +599,11 @@ async fn login(st: &AppState, req: Request<Incoming>) -> ApiResult {
     let account = match account {
         Some(a) if ok => a,
         _ => {
-            tracing::info!(user = %username, "login refused");
+            tracing::info!(user = %username, %ip, "login refused");
             return Err(bad());
         }
     };
+    attempt.succeeded();
     let token = st
         .auth
         .mint(&account.user_id, Some(&account.display_name), None)
@@ -733,5 +766,11 @@ pub fn error_response(e: &WireError) -> Resp {
     }
     let status =
         StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(status, &Body { error: e })
+    let mut r = json_response(status, &Body { error: e });
+    if let Some(ms) = e.retry_after_ms {
+        // Retry-After counts whole seconds (RFC 9110 10.2.3): round up, never early.
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
+    }
+    r
 }

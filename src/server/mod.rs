@@ -31,6 +31,7 @@ pub struct AppState {
     ready: Arc<AtomicBool>,
     sockets: Arc<AtomicUsize>,
     connects_per_ip: Arc<crate::chat::limits::Buckets<std::net::IpAddr>>,
+    auth_limits: Arc<crate::chat::auth_limits::AuthLimits>,
     shutdown: watch::Receiver<bool>,
     #[expect(
         dead_code,
@@ -61,6 +62,9 @@ pub async fn serve(
         connects_per_ip: Arc::new(crate::chat::limits::Buckets::new(
             config.rate_limits.connects_per_sec_per_ip,
             config.rate_limits.connects_burst_per_ip,
+        )),
+        auth_limits: Arc::new(crate::chat::auth_limits::AuthLimits::new(
+            &config.rate_limits,
         )),
         shutdown: stop_rx,
         alive: alive_tx,

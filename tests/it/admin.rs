@@ -14,7 +14,7 @@ fn setup_token(server: &Server) -> Option<String> {
     })
 }
 
-async fn wait_for_setup_line(server: &Server) -> String {
+pub(crate) async fn wait_for_setup_line(server: &Server) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         if let Some(t) = setup_token(server) {
@@ -35,7 +35,7 @@ async fn setup_admin(server: &Server) -> String {
         .post(
             "/api/setup",
             None,
-            &json!({"setup_token": token, "username": "root", "password": "password1",
+            &json!({"setup_token": token, "username": "root", "password": "plum tree 47",
                     "display_name": "Root", "room_name": "lobby"}),
         )
         .await;
@@ -44,7 +44,7 @@ async fn setup_admin(server: &Server) -> String {
 }
 
 async fn register(server: &Server, user: &str, invite: Option<&str>) -> crate::support::HttpReply {
-    let mut body = json!({"username": user, "password": "password1"});
+    let mut body = json!({"username": user, "password": "plum tree 47"});
     if let Some(code) = invite {
         body["invite"] = Value::from(code);
     }
@@ -64,7 +64,7 @@ async fn first_run_setup_makes_the_admin_and_a_room_once() {
         .post(
             "/api/setup",
             None,
-            &json!({"setup_token": "0".repeat(32), "username": "root", "password": "password1"}),
+            &json!({"setup_token": "0".repeat(32), "username": "root", "password": "plum tree 47"}),
         )
         .await;
     wrong.assert_error(403, "forbidden", "a wrong setup token");
@@ -81,7 +81,7 @@ async fn first_run_setup_makes_the_admin_and_a_room_once() {
         .post(
             "/api/setup",
             None,
-            &json!({"setup_token": token, "username": "Root", "password": "password1",
+            &json!({"setup_token": token, "username": "Root", "password": "plum tree 47",
                     "display_name": "The Admin", "room_name": "lobby"}),
         )
         .await;
@@ -106,7 +106,7 @@ async fn first_run_setup_makes_the_admin_and_a_room_once() {
         .post(
             "/api/setup",
             None,
-            &json!({"setup_token": token, "username": "other", "password": "password1"}),
+            &json!({"setup_token": token, "username": "other", "password": "plum tree 47"}),
         )
         .await;
     again.assert_error(409, "conflict", "a second setup");
@@ -119,7 +119,7 @@ async fn first_run_setup_makes_the_admin_and_a_room_once() {
         .post(
             "/api/auth/login",
             None,
-            &json!({"username": "root", "password": "password1"}),
+            &json!({"username": "root", "password": "plum tree 47"}),
         )
         .await;
     assert_eq!(login.status, 200, "{}", login.text);
@@ -172,7 +172,7 @@ async fn a_server_that_is_not_set_up_prints_a_fresh_token_each_start() {
         .post(
             "/api/setup",
             None,
-            &json!({"setup_token": first, "username": "root", "password": "password1"}),
+            &json!({"setup_token": first, "username": "root", "password": "plum tree 47"}),
         )
         .await;
     old.assert_error(403, "forbidden", "the previous start's token");

@@ -294,7 +294,7 @@ async fn register_and_login() {
         .post(
             "/api/auth/register",
             None,
-            &json!({"username": "Erin", "password": "password1"}),
+            &json!({"username": "Erin", "password": "erin secret 1"}),
         )
         .await;
     assert_eq!(upper.status, 201, "register Erin: {}", upper.text);

@@ -4,6 +4,7 @@ mod support;
 
 mod admin;
 mod auth;
+mod auth_limits;
 mod bad_input;
 mod catchup;
 mod clock;

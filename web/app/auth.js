@@ -25,9 +25,16 @@ function fieldRow(label, control, hint) {
 
 const USERNAME_RE = /^[a-z0-9_.-]{3,32}$/;
 
-function checkCredentials(username, password) {
+const PASSWORD_HINT = "At least 8 characters; not your username or a common password";
+
+// The server also refuses the most common passwords (and says so); these are the quick checks.
+function checkCredentials(username, password, displayName) {
   if (!USERNAME_RE.test(username)) return "Usernames are 3–32 characters: lowercase letters, digits, _ . and -.";
   if (new TextEncoder().encode(password).length < 8) return "Passwords need at least 8 characters.";
+  const pw = password.toLowerCase();
+  if (pw === username || (displayName && pw === displayName.trim().toLowerCase())) {
+    return "Your password must not be your username or display name.";
+  }
   return null;
 }
 
@@ -65,6 +72,10 @@ export function renderAuth(root, opts) {
 
   function describe(err, what) {
     if (err?.code === "unauthorized") return "Wrong username or password.";
+    if (err?.code === "rate_limited") {
+      const secs = Math.max(1, Math.ceil((err.retryAfterMs ?? 1000) / 1000));
+      return `Too many attempts. Try again in ${secs} second${secs === 1 ? "" : "s"}.`;
+    }
     if (err?.code === "conflict") return what === "setup" ? "This server is already set up. Sign in instead." : "That username is taken. Pick another one.";
     if (err?.code === "forbidden") {
       if (what === "setup") return "This setup link is not valid any more. Use the link printed by the server at its last start.";
@@ -90,13 +101,13 @@ export function renderAuth(root, opts) {
     const form = h("form", { class: "auth-form", testid: "setup-form", novalidate: true },
       fieldRow("Admin username", username, "3–32 characters: a–z, 0–9, _ . -"),
       fieldRow("Display name", display),
-      fieldRow("Password", password, "At least 8 characters"),
+      fieldRow("Password", password, PASSWORD_HINT),
       fieldRow("First room", room),
       submit);
     form.addEventListener("submit", (ev) => {
       ev.preventDefault();
       const u = username.value.trim().toLowerCase();
-      const problem = checkCredentials(u, password.value);
+      const problem = checkCredentials(u, password.value, display.value);
       if (problem) return showError(problem);
       busy(submit, async () => {
         try {
@@ -169,7 +180,7 @@ export function renderAuth(root, opts) {
     const form = h("form", { class: "auth-form", testid: "register-form", novalidate: true },
       fieldRow("Username", username, "3–32 characters: a–z, 0–9, _ . -"),
       fieldRow("Display name", display, "How others see you"),
-      fieldRow("Password", password, "At least 8 characters"),
+      fieldRow("Password", password, PASSWORD_HINT),
       invite || opts.invite ? fieldRow("Invite code", code) : null,
       submit);
     const sub = h("p", { class: "auth-sub" }, invite ? "This server is invite-only: you need an invite code." : `Join ${server?.name || "Confab"}.`);
@@ -180,7 +191,7 @@ export function renderAuth(root, opts) {
     form.addEventListener("submit", (ev) => {
       ev.preventDefault();
       const u = username.value.trim().toLowerCase();
-      const problem = checkCredentials(u, password.value);
+      const problem = checkCredentials(u, password.value, display.value);
       if (problem) return showError(problem);
       const needCode = server?.registration === "invite";
       if (needCode && !code.value.trim()) return showError("Enter your invite code.");
