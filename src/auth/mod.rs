@@ -100,6 +100,11 @@ impl Authenticator {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("bad header: {e}")))?;
         let key = match header.alg {
+            // The local secret has no key id: a `kid` names some other key, so it is refused
+            // rather than ignored (docs/protocol.md, Connecting).
+            Algorithm::HS256 if header.kid.is_some() => {
+                return Err(AuthError::Invalid("no HS256 key has this kid".into()));
+            }
             Algorithm::HS256 => &self.inner.hs_decode,
             alg => self
                 .inner

@@ -9,6 +9,7 @@ mod catchup;
 mod cors;
 mod dm;
 mod durability;
+mod edges;
 mod edits;
 mod files;
 mod history;
