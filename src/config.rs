@@ -31,6 +31,10 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     pub max_connections: usize,
     pub header_read_timeout_secs: u64,
+    /// Seconds within which each 64 KiB of a request body (or its end) must arrive; a body
+    /// trickled in more slowly is cut off with 408 (JSON bodies: the whole body, at most
+    /// 64 KiB, within this time; uploads: at least 64 KiB per this many seconds).
+    pub body_timeout_secs: u64,
     pub heartbeat_interval_secs: u64,
     pub idle_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
@@ -43,6 +47,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             max_connections: 20_000,
             header_read_timeout_secs: 10,
+            body_timeout_secs: 30,
             heartbeat_interval_secs: 30,
             idle_timeout_secs: 75,
             shutdown_grace_secs: 5,
@@ -548,6 +553,9 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
     })?;
     if raw.server.max_connections == 0 {
         return Err(invalid("server.max_connections", "must be at least 1"));
+    }
+    if raw.server.body_timeout_secs == 0 {
+        return Err(invalid("server.body_timeout_secs", "must be at least 1"));
     }
     if raw.server.heartbeat_interval_secs == 0 {
         return Err(invalid(

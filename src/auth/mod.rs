@@ -106,6 +106,11 @@ impl Authenticator {
         // The key decides the namespace: the server's own secret vouches for built-in names,
         // a host application's key for `<namespace>:<sub>` (see `model::UserId`).
         let (key, namespace) = match header.alg {
+            // The local secret has no key id: a `kid` names some other key, so it is refused
+            // rather than ignored (docs/protocol.md, Connecting).
+            Algorithm::HS256 if header.kid.is_some() => {
+                return Err(AuthError::Invalid("no HS256 key has this kid".into()));
+            }
             Algorithm::HS256 => (&self.inner.hs_decode, None),
             alg => self
                 .inner

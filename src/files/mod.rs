@@ -375,7 +375,7 @@ impl Files {
     /// A signed URL path (`/files/{id}[/thumb]?u=&exp=&sig=`) for `user`, and when it expires.
     pub fn signed_url(&self, file: Id, user: &str, thumb: bool) -> (String, u64) {
         let exp = now_ms() / 1000 + self.inner.cfg.signed_url_ttl_secs;
-        let sig = self.inner.signer.url_signature(file.0, user, exp);
+        let sig = self.inner.signer.url_signature(file.0, thumb, user, exp);
         let user_q =
             percent_encoding::utf8_percent_encode(user, percent_encoding::NON_ALPHANUMERIC);
         let suffix = if thumb { "/thumb" } else { "" };
@@ -385,11 +385,11 @@ impl Files {
         )
     }
 
-    /// Whether a signed URL's parts hold for `file`.
-    pub fn check_signed_url(&self, file: Id, user: &str, exp: u64, sig: &str) -> bool {
+    /// Whether a signed URL's parts hold for `file` (its thumbnail when `thumb`).
+    pub fn check_signed_url(&self, file: Id, thumb: bool, user: &str, exp: u64, sig: &str) -> bool {
         self.inner
             .signer
-            .check_url(file.0, user, exp, sig, now_ms() / 1000)
+            .check_url(file.0, thumb, user, exp, sig, now_ms() / 1000)
     }
 
     /// A fresh cookie value for `user`, and its lifetime in seconds.

@@ -55,11 +55,13 @@ impl Signer {
         mac
     }
 
-    /// The `sig` of a signed URL for `file`, made for `user`, valid until `exp` (unix seconds).
-    pub fn url_signature(&self, file: u64, user: &str, exp: u64) -> String {
+    /// The `sig` of a signed URL for `file` (its thumbnail when `thumb`: a signature opens
+    /// only the resource it names), made for `user`, valid until `exp` (unix seconds).
+    pub fn url_signature(&self, file: u64, thumb: bool, user: &str, exp: u64) -> String {
         let tag = self
             .mac(&[
                 b"url",
+                resource(thumb),
                 file.to_string().as_bytes(),
                 user.as_bytes(),
                 exp.to_string().as_bytes(),
@@ -69,8 +71,16 @@ impl Signer {
         B64.encode(tag)
     }
 
-    /// Whether `sig` is the signature of (file, user, exp) and `exp` has not passed.
-    pub fn check_url(&self, file: u64, user: &str, exp: u64, sig: &str, now_secs: u64) -> bool {
+    /// Whether `sig` is the signature of (file, thumb, user, exp) and `exp` has not passed.
+    pub fn check_url(
+        &self,
+        file: u64,
+        thumb: bool,
+        user: &str,
+        exp: u64,
+        sig: &str,
+        now_secs: u64,
+    ) -> bool {
         if exp < now_secs {
             return false;
         }
@@ -79,6 +89,7 @@ impl Signer {
         };
         self.mac(&[
             b"url",
+            resource(thumb),
             file.to_string().as_bytes(),
             user.as_bytes(),
             exp.to_string().as_bytes(),
@@ -116,6 +127,11 @@ impl Signer {
     }
 }
 
+/// Which of a file's resources a signed URL names.
+fn resource(thumb: bool) -> &'static [u8] {
+    if thumb { b"thumb" } else { b"original" }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,18 +140,24 @@ mod tests {
     fn signatures_bind_every_part() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Signer::open(&dir.path().join("k")).expect("key");
-        let sig = s.url_signature(7, "ana", 100);
-        assert!(s.check_url(7, "ana", 100, &sig, 50));
-        assert!(!s.check_url(8, "ana", 100, &sig, 50));
-        assert!(!s.check_url(7, "bob", 100, &sig, 50));
-        assert!(!s.check_url(7, "ana", 101, &sig, 50));
-        assert!(!s.check_url(7, "ana", 100, &sig, 101));
+        let sig = s.url_signature(7, false, "ana", 100);
+        assert!(s.check_url(7, false, "ana", 100, &sig, 50));
+        assert!(!s.check_url(8, false, "ana", 100, &sig, 50));
+        assert!(!s.check_url(7, false, "bob", 100, &sig, 50));
+        assert!(!s.check_url(7, false, "ana", 101, &sig, 50));
+        assert!(!s.check_url(7, false, "ana", 100, &sig, 101));
+        // Issue 24, point 7: a thumbnail's signature does not open the original, nor the
+        // other way round.
+        let thumb = s.url_signature(7, true, "ana", 100);
+        assert!(s.check_url(7, true, "ana", 100, &thumb, 50));
+        assert!(!s.check_url(7, false, "ana", 100, &thumb, 50));
+        assert!(!s.check_url(7, true, "ana", 100, &sig, 50));
         let c = s.cookie("ana", 100);
         assert_eq!(s.check_cookie(&c, 50).as_deref(), Some("ana"));
         assert_eq!(s.check_cookie(&c, 101), None);
         assert_eq!(s.check_cookie(&c.replace(".100.", ".200."), 50), None);
         // The key survives a reopen.
         let again = Signer::open(&dir.path().join("k")).expect("key");
-        assert!(again.check_url(7, "ana", 100, &sig, 50));
+        assert!(again.check_url(7, false, "ana", 100, &sig, 50));
     }
 }

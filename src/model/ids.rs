@@ -64,11 +64,10 @@ impl<'de> Deserialize<'de> for Id {
                 v.parse()
                     .map_err(|_| E::custom("an id must be a decimal string"))
             }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Id, E> {
-                Ok(Id(v))
-            }
         }
-        d.deserialize_any(V)
+        // Strings only: a JSON number is refused (`invalid_payload` on the wire), since a
+        // client that sends numbers has already lost precision past 2^53.
+        d.deserialize_str(V)
     }
 }
 

@@ -426,4 +426,136 @@ mod tests {
         let [a, b] = ranges[0];
         assert_eq!(String::from_utf16_lossy(&utf16[a..b]), "deploy");
     }
+
+    /// Issue 24, point 11: any query text, cursor and snippet input gets a value or a typed
+    /// error from the parser and the query run against a real (in-memory) index, never a
+    /// panic or a hang. Bounded: a few hundred cases, all in memory.
+    mod properties {
+        use super::super::*;
+        use crate::search::{TOKENIZER, analyzer, schema};
+        use proptest::prelude::*;
+        use tantivy::{Index, TantivyDocument};
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        /// Text a person might type, plus quotes, control characters and any code point.
+        fn query_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-zA-Z0-9 \"éüß☕*?:()-]{0,80}",
+                ".{0,300}",
+                proptest::collection::vec("[a-z]{1,6}[ \"]{0,2}", 0..40).prop_map(|w| w.concat()),
+            ]
+        }
+
+        /// One small index of a few messages, built once for every case.
+        fn index() -> (Index, Fields) {
+            let (schema, f) = schema();
+            let index = Index::create_in_ram(schema);
+            index.tokenizers().register(TOKENIZER, analyzer());
+            let mut w: tantivy::IndexWriter<TantivyDocument> = index
+                .writer_with_num_threads(1, 20_000_000)
+                .expect("writer");
+            let bodies = [
+                "deploy on friday",
+                "Café ☕ au lait",
+                "red apple red",
+                "",
+                "x",
+            ];
+            for (i, body) in bodies.iter().enumerate() {
+                let mut d = TantivyDocument::default();
+                d.add_u64(f.id, 1000 + i as u64);
+                d.add_u64(f.room, 7);
+                d.add_text(f.sender, "ana");
+                d.add_u64(f.has_file, 0);
+                d.add_text(f.body, *body);
+                w.add_document(d).expect("add");
+            }
+            w.commit().expect("commit");
+            (index, f)
+        }
+
+        #[test]
+        fn any_query_text_parses_or_is_refused() {
+            proptest!(config(), |(text in query_text())| {
+                match parse(&text) {
+                    Ok(p) => {
+                        prop_assert!(p.phrases.len() <= MAX_WORDS);
+                        prop_assert!(p.phrases.iter().all(|ph| !ph.is_empty()));
+                    }
+                    Err(SearchError::BadQuery(_)) => {}
+                    Err(e) => prop_assert!(false, "unexpected error {e}"),
+                }
+            });
+        }
+
+        #[test]
+        fn any_cursor_text_parses_or_is_none() {
+            proptest!(config(), |(text in prop_oneof!["[nr:0-9]{0,30}", ".{0,40}"])| {
+                if let Some(c) = Cursor::parse(&text) {
+                    prop_assert_eq!(Cursor::parse(&c.encode()), Some(c));
+                }
+            });
+        }
+
+        #[test]
+        fn any_query_runs_or_is_refused() {
+            let (index, f) = index();
+            let reader = index.reader().expect("reader");
+            let searcher = reader.searcher();
+            let strategy = (
+                query_text(),
+                any::<bool>(),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(prop_oneof![
+                    any::<u64>().prop_map(Cursor::Below),
+                    (0usize..2000, any::<u64>()).prop_map(|(o, b)| Cursor::Offset(o, b)),
+                ]),
+                1usize..=100,
+            );
+            proptest!(config(), |((text, relevance, min_id, max_id, cursor, limit) in strategy)| {
+                let q = SearchQuery {
+                    text,
+                    rooms: vec![Id(7)],
+                    sender: None,
+                    min_id,
+                    max_id,
+                    has_file: None,
+                    sort: if relevance { Sort::Relevance } else { Sort::Newest },
+                    limit,
+                    cursor,
+                };
+                match run(&searcher, f, &q) {
+                    Ok(page) => prop_assert!(page.hits.len() <= limit),
+                    Err(SearchError::BadQuery(_)) => {}
+                    Err(e) => prop_assert!(false, "unexpected error {e}"),
+                }
+            });
+        }
+
+        #[test]
+        fn any_snippet_has_ranges_inside_its_text() {
+            let (_, f) = schema();
+            let strategy = (
+                proptest::collection::vec("[a-zé]{1,8}", 0..4),
+                proptest::option::of("[a-z]{1,4}"),
+                prop_oneof![".{0,400}", "([a-zé☕!]{1,9} ){0,80}"],
+            );
+            proptest!(config(), |((exact, prefix, text) in strategy)| {
+                let terms = Terms { exact, prefix };
+                let (fragment, ranges) = snippet(&terms, f.body, &text);
+                let len = fragment.encode_utf16().count();
+                for [a, b] in ranges {
+                    prop_assert!(a <= b && b <= len, "range {a}..{b} outside {len}");
+                }
+            });
+        }
+    }
 }

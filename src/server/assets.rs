@@ -26,10 +26,7 @@ pub fn serve(path: &str, req_headers: &HeaderMap) -> Resp {
         .map(|b| format!("{b:02x}"))
         .collect();
     let etag = format!("\"{hash}\"");
-    let not_modified = req_headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let not_modified = super::http::none_match(req_headers, &etag);
     let mut r = if not_modified {
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;
@@ -56,5 +53,19 @@ pub fn serve(path: &str, req_headers: &HeaderMap) -> Resp {
             "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; object-src 'none'; frame-ancestors 'none'",
         ),
     );
+    // Setup and invite secrets ride in the UI's URLs: never send them on as a Referer, and
+    // never let another site frame the page (older browsers ignore frame-ancestors).
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r
+}
+
+/// Whether `path` names an embedded file (for `405` on a wrong method).
+pub fn exists(path: &str) -> bool {
+    let rel = path.trim_start_matches('/');
+    let rel = if rel.is_empty() { "index.html" } else { rel };
+    Assets::get(rel).is_some()
 }

@@ -4,7 +4,7 @@
 
 use super::AppState;
 use super::http::{
-    ApiResult, Body, Resp, auth_error, bearer, created, decode_query_value, full, ok, store_error,
+    ApiResult, Body, Resp, bearer, created, decode_query_value, full, ok, store_error,
 };
 use crate::chat::ChatError;
 use crate::files::{FileError, sniff};
@@ -147,24 +147,23 @@ async fn upload(st: &AppState, user: &UserId, req: Request<Incoming>) -> ApiResu
         .begin_upload(user, declared)
         .await
         .map_err(file_error)?;
+    let mut clock = super::http::BodyClock::new(&req);
     let mut body = req.into_body();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            WireError::new(
-                ErrorCode::InvalidPayload,
-                format!("the upload body ended early: {e}"),
-            )
-        })?;
-        if let Ok(data) = frame.into_data() {
-            sink.write(&data).await.map_err(file_error)?;
-        }
+    while let Some(data) = clock.next(&mut body).await? {
+        sink.write(&data).await.map_err(file_error)?;
     }
     let (upload, blob) = sink.finish(&name).await.map_err(file_error)?;
     created(&serde_json::json!({ "file": UploadView::new(&upload, &blob) }))
 }
 
 /// The user a download request speaks for: a signed URL, a Bearer token, or the cookie.
-fn downloader(st: &AppState, req: &Request<Incoming>, id: Id) -> Result<UserId, WireError> {
+/// A signed URL opens only the resource it was made for: the original or the thumbnail.
+fn downloader(
+    st: &AppState,
+    req: &Request<Incoming>,
+    id: Id,
+    thumb: bool,
+) -> Result<UserId, WireError> {
     let q = req.uri().query();
     if let (Some(u), Some(exp), Some(sig)) = (
         query_param(q, "u"),
@@ -172,7 +171,7 @@ fn downloader(st: &AppState, req: &Request<Incoming>, id: Id) -> Result<UserId, 
         query_param(q, "sig"),
     ) {
         let exp = exp.parse().unwrap_or(0);
-        if st.hub.files().check_signed_url(id, &u, exp, &sig) {
+        if st.hub.files().check_signed_url(id, thumb, &u, exp, &sig) {
             return Ok(UserId::from(u));
         }
         return Err(WireError::new(
@@ -181,7 +180,7 @@ fn downloader(st: &AppState, req: &Request<Incoming>, id: Id) -> Result<UserId, 
         ));
     }
     if let Some(token) = bearer(req.headers()) {
-        return st.auth.verify(token).map(|i| i.user_id).map_err(auth_error);
+        return super::http::verify_token(st, token).map(|i| i.user_id);
     }
     if let Some(value) = cookie(req.headers(), COOKIE) {
         return st
@@ -223,7 +222,7 @@ pub async fn download(
 ) -> Result<Resp, WireError> {
     let hub = &st.hub;
     let id = file_id(id)?;
-    let user = downloader(st, &req, id)?;
+    let user = downloader(st, &req, id, thumb)?;
     let (upload, mut blob) = hub
         .downloadable(&user, id)
         .await
@@ -360,10 +359,7 @@ async fn serve(
     } else {
         ("application/octet-stream", false)
     };
-    let not_modified = req_headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let not_modified = super::http::none_match(req_headers, &etag);
     let (status, start, len) = if not_modified {
         (StatusCode::NOT_MODIFIED, 0, 0)
     } else {

@@ -9,7 +9,7 @@ use crate::protocol::{self, ErrorCode, WireError};
 use crate::store::{StoreError, WriteOp};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// Response bodies: whole buffers, or files streamed from disk.
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -32,7 +33,20 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// Largest REST request body.
 const MAX_BODY: usize = 64 * 1024;
 
-pub async fn route(st: AppState, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+pub async fn route(st: AppState, peer: SocketAddr, mut req: Request<Incoming>) -> Resp {
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
+    if req.version() == hyper::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        let e = WireError::new(
+            ErrorCode::InvalidPayload,
+            "HTTP/1.1 requests need a Host header",
+        );
+        st.metrics.error(e.code);
+        return error_response(&e);
+    }
+    // Handlers that read a body find its time limit here (see `BodyClock`).
+    req.extensions_mut().insert(BodyTimeout(Duration::from_secs(
+        st.config.server.body_timeout_secs,
+    )));
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -106,6 +120,27 @@ async fn route_inner(
     segments: &[&str],
 ) -> Resp {
     let st = st.clone();
+    let preflight_ok = *method == Method::OPTIONS && matches!(segments, ["api" | "files", ..]);
+    if let Some(allow) = allowed_methods(segments, path)
+        && !preflight_ok
+        && !allow.split(", ").any(|m| m == method.as_str())
+    {
+        let e = WireError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{method} is not allowed here; allowed: {allow}"),
+        );
+        st.metrics.error(e.code);
+        let mut r = error_response(&e);
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        return r;
+    }
+    // HEAD is GET without the body, which hyper leaves out of the answer by itself.
+    let method = if *method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
     let res = match (method, segments) {
         (_, ["ws"]) => return super::ws::upgrade(st, peer, req).await,
         (&Method::OPTIONS, ["api" | "files", ..]) => return preflight(&st, req.headers()),
@@ -141,7 +176,7 @@ async fn route_inner(
         (&Method::GET | &Method::HEAD, ["files", id, "thumb"]) => {
             super::files::download(&st, req, id, true).await
         }
-        (&Method::GET | &Method::HEAD, _) => Ok(super::assets::serve(path, req.headers())),
+        (&Method::GET, _) => Ok(super::assets::serve(path, req.headers())),
         _ => Err(WireError::new(ErrorCode::NotFound, "no such endpoint")),
     };
     match res {
@@ -151,6 +186,39 @@ async fn route_inner(
             error_response(&e)
         }
     }
+}
+
+/// The methods a known path answers (for `405` and its `Allow`), or `None` for a path that
+/// is not one (answered `404`). Kept beside the routes above and below: a route added there
+/// is added here too: `tests/it/edges.rs` walks the endpoint tables of `docs/protocol.md` and
+/// checks each documented method against this list.
+fn allowed_methods(seg: &[&str], path: &str) -> Option<&'static str> {
+    const GET: &str = "GET, HEAD";
+    Some(match seg {
+        ["healthz" | "readyz" | "metrics"] => GET,
+        ["ws"] => return None,
+        ["api", rest @ ..] => match rest {
+            ["auth", "register" | "login"] | ["setup"] | ["dm"] => "POST",
+            ["server" | "me" | "search"] => GET,
+            ["me", "settings"] => "PATCH",
+            ["rooms"] => "GET, HEAD, POST",
+            ["rooms", "public"] | ["rooms", _] | ["rooms", _, "members"] => GET,
+            ["rooms", _, "read" | "join" | "invite" | "leave"] => "POST",
+            ["rooms", _, "messages"] => "GET, HEAD, POST",
+            ["rooms", _, "messages", _] => "PATCH, DELETE",
+            ["rooms", _, "messages", _, "receipts"] => GET,
+            ["files"] | ["files", "cookie"] => "POST",
+            ["files", _] | ["files", _, "url"] => GET,
+            ["admin", "settings"] => "GET, HEAD, PATCH",
+            ["admin", "invites"] => "GET, HEAD, POST",
+            ["admin", "invites", _] => "DELETE",
+            _ => return None,
+        },
+        ["files", _] | ["files", _, "thumb"] => GET,
+        ["files", ..] => return None,
+        _ if super::assets::exists(path) => GET,
+        _ => return None,
+    })
 }
 
 pub(super) type ApiResult = Result<Resp, WireError>;
@@ -341,6 +409,17 @@ fn authenticate(st: &AppState, req: &Request<Incoming>) -> Result<Identity, Wire
             "missing Authorization: Bearer token",
         )
     })?;
+    verify_token(st, token)
+}
+
+/// Verifies a token from a header, refusing one over `MAX_TOKEN_BYTES` before decoding it.
+pub(super) fn verify_token(st: &AppState, token: &str) -> Result<Identity, WireError> {
+    if token.len() > protocol::MAX_TOKEN_BYTES {
+        return Err(WireError::new(
+            ErrorCode::Unauthorized,
+            format!("token over {} bytes", protocol::MAX_TOKEN_BYTES),
+        ));
+    }
     st.auth.verify(token).map_err(auth_error)
 }
 
@@ -703,14 +782,92 @@ fn message_id(s: &str) -> Result<Id, WireError> {
         .map_err(|_| WireError::new(ErrorCode::NotFound, "message not found"))
 }
 
+/// How long a request body may take: see `BodyClock`. Put into each request's extensions by
+/// `route`, so that every handler reading a body finds it.
+#[derive(Clone, Copy)]
+pub(super) struct BodyTimeout(pub Duration);
+
+/// Cuts off a request body trickled in too slowly: each `server.body_timeout_secs` window must
+/// bring at least `BodyClock::WINDOW_BYTES` of it, or its end. A JSON body (at most 64 KiB)
+/// must therefore arrive whole within one window; an upload keeps going at any rate above
+/// 64 KiB per window. Without it a client could hold a connection and its handler forever.
+pub(super) struct BodyClock {
+    window: Duration,
+    deadline: tokio::time::Instant,
+    bytes: usize,
+}
+
+impl BodyClock {
+    const WINDOW_BYTES: usize = 64 * 1024;
+
+    pub(super) fn new<B>(req: &Request<B>) -> Self {
+        let window = req
+            .extensions()
+            .get::<BodyTimeout>()
+            .map_or(Duration::from_secs(30), |t| t.0);
+        Self {
+            window,
+            deadline: tokio::time::Instant::now() + window,
+            bytes: 0,
+        }
+    }
+
+    /// The next data of the body (`None` at its end); `request_timeout` once a window passed
+    /// without enough of it, `invalid_payload` if the body broke off.
+    pub(super) async fn next(&mut self, body: &mut Incoming) -> Result<Option<Bytes>, WireError> {
+        loop {
+            let frame = match tokio::time::timeout_at(self.deadline, body.frame()).await {
+                Ok(Some(Ok(f))) => f,
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => {
+                    return Err(WireError::new(
+                        ErrorCode::InvalidPayload,
+                        format!("the request body ended early: {e}"),
+                    ));
+                }
+                Err(_) => {
+                    tracing::info!(
+                        window_secs = self.window.as_secs(),
+                        "request body cut off: it arrived too slowly"
+                    );
+                    return Err(WireError::new(
+                        ErrorCode::RequestTimeout,
+                        format!(
+                            "the request body arrived too slowly (under {} KiB in {} s)",
+                            Self::WINDOW_BYTES / 1024,
+                            self.window.as_secs()
+                        ),
+                    ));
+                }
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            self.bytes += data.len();
+            if self.bytes >= Self::WINDOW_BYTES {
+                self.bytes = 0;
+                self.deadline = tokio::time::Instant::now() + self.window;
+            }
+            return Ok(Some(data));
+        }
+    }
+}
+
 /// Reads and parses a JSON body of at most `MAX_BODY` bytes.
 async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, WireError> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|_| WireError::new(ErrorCode::TooLarge, format!("body over {MAX_BODY} bytes")))?
-        .to_bytes();
-    let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+    let mut clock = BodyClock::new(&req);
+    let mut incoming = req.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(data) = clock.next(&mut incoming).await? {
+        if buf.len() + data.len() > MAX_BODY {
+            return Err(WireError::new(
+                ErrorCode::TooLarge,
+                format!("body over {MAX_BODY} bytes"),
+            ));
+        }
+        buf.extend_from_slice(&data);
+    }
+    let bytes: &[u8] = if buf.is_empty() { b"{}" } else { &buf };
     serde_json::from_slice(bytes).map_err(|e| {
         if e.is_data() {
             WireError::new(ErrorCode::InvalidPayload, format!("bad body: {e}"))
@@ -756,6 +913,41 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+/// Whether `If-None-Match` names `etag` (or is `*`), by RFC 9110's weak comparison: `W/"x"`
+/// matches `"x"` and the other way round. Every header line and list item counts.
+pub(super) fn none_match(h: &hyper::HeaderMap, etag: &str) -> bool {
+    let opaque = |t: &str| t.strip_prefix("W/").unwrap_or(t).to_owned();
+    let want = opaque(etag);
+    h.get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| entity_tags(v).any(|t| t == "*" || opaque(t) == want))
+}
+
+/// The items of an entity-tag list: `*`, or `"x"` / `W/"x"` (the quotes kept). A comma
+/// inside quotes belongs to the tag.
+fn entity_tags(v: &str) -> impl Iterator<Item = &str> {
+    let mut rest = v;
+    std::iter::from_fn(move || {
+        rest = rest.trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
+        if rest.is_empty() {
+            return None;
+        }
+        let open = rest.find('"');
+        let end = match open {
+            // `W/"..."` or `"..."`: up to the closing quote.
+            Some(i) if i <= 2 && rest[..i].chars().all(|c| c == 'W' || c == '/') => rest[i + 1..]
+                .find('"')
+                .map_or(rest.len(), |j| i + 1 + j + 1),
+            // `*` or something malformed: up to the next comma.
+            _ => rest.find(',').unwrap_or(rest.len()),
+        };
+        let (item, after) = rest.split_at(end);
+        rest = after;
+        Some(item.trim())
+    })
 }
 
 /// `{"error":{"code":..,"message":..}}` with the code's HTTP status.

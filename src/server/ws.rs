@@ -60,10 +60,10 @@ pub async fn upgrade(st: AppState, peer: SocketAddr, mut req: Request<Incoming>)
         return error_response(&e);
     }
     let (token, via_protocol) = match find_token(&req) {
-        Some(t) => t,
-        None => {
-            st.metrics.refused("no_token");
-            return error_response(&WireError::new(ErrorCode::Unauthorized, "missing token"));
+        Ok(t) => t,
+        Err((reason, e)) => {
+            st.metrics.refused(reason);
+            return error_response(&e);
         }
     };
     let identity = match st.auth.verify(&token) {
@@ -154,26 +154,43 @@ fn check_origin(st: &AppState, req: &Request<Incoming>) -> Result<(), WireError>
 }
 
 /// The token from `?token=`, `Authorization: Bearer`, or `Sec-WebSocket-Protocol: confab, <jwt>`.
-/// The flag says whether the subprotocol carried it (and must be echoed).
-fn find_token(req: &Request<Incoming>) -> Option<(String, bool)> {
+/// The flag says whether the subprotocol carried it (and must be echoed). A token over
+/// `MAX_TOKEN_BYTES`, wherever it travels, is refused before it is decoded.
+/// Refusals carry the metric's reason label.
+fn find_token<B>(req: &Request<B>) -> Result<(String, bool), (&'static str, WireError)> {
+    let found = find_token_anywhere(req).ok_or_else(|| {
+        let e = WireError::new(ErrorCode::Unauthorized, "missing token");
+        ("no_token", e)
+    })?;
+    if found.0.len() > protocol::MAX_TOKEN_BYTES {
+        let e = WireError::new(
+            ErrorCode::Unauthorized,
+            format!("token over {} bytes", protocol::MAX_TOKEN_BYTES),
+        );
+        return Err(("bad_token", e));
+    }
+    Ok((found.0.to_owned(), found.1))
+}
+
+fn find_token_anywhere<B>(req: &Request<B>) -> Option<(&str, bool)> {
     if let Some(q) = req.uri().query() {
         for pair in q.split('&') {
             if let Some(t) = pair.strip_prefix("token=")
                 && !t.is_empty()
             {
-                return Some((t.to_owned(), false));
+                return Some((t, false));
             }
         }
     }
     if let Some(t) = bearer(req.headers()) {
-        return Some((t.to_owned(), false));
+        return Some((t, false));
     }
     let protocols = req.headers().get("sec-websocket-protocol")?.to_str().ok()?;
     let mut items = protocols.split(',').map(str::trim);
     if items.clone().any(|p| p == SUBPROTOCOL) {
         return items
             .find(|p| *p != SUBPROTOCOL && p.matches('.').count() == 2)
-            .map(|t| (t.to_owned(), true));
+            .map(|t| (t, true));
     }
     None
 }
@@ -495,15 +512,7 @@ async fn read_loop(
         // Boxed, once per burst: the frame reader and the request handling are large, and
         // inline they would sit in every idle connection's session future.
         let burst = Box::pin(async {
-            let (mut rx, _) = fastwebsockets::after_handshake_split(
-                &mut *source,
-                tokio::io::sink(),
-                Role::Server,
-            );
-            rx.set_auto_close(false);
-            rx.set_auto_pong(false);
-            // `payload_len >= max` is refused, so allow exactly max_frame_bytes.
-            rx.set_max_message_size(max + 1);
+            let mut rx = frame_reader(&mut *source, max);
             loop {
                 if read_one(
                     st,
@@ -532,6 +541,21 @@ async fn read_loop(
             return;
         }
     }
+}
+
+/// The frame reader a session uses over `source`: no automatic close or pong (the session
+/// answers those itself, through the writer), frames up to `max` bytes.
+fn frame_reader<R: tokio::io::AsyncRead + Unpin>(
+    source: R,
+    max: usize,
+) -> fastwebsockets::WebSocketRead<R> {
+    let (mut rx, _) =
+        fastwebsockets::after_handshake_split(source, tokio::io::sink(), Role::Server);
+    rx.set_auto_close(false);
+    rx.set_auto_pong(false);
+    // `payload_len >= max` is refused, so allow exactly max_frame_bytes.
+    rx.set_max_message_size(max + 1);
+    rx
 }
 
 /// Reads and handles one frame; `Break` ends the session.
@@ -608,6 +632,11 @@ where
                 }
             }
             OpCode::Text => {
+                // RFC 6455 §8.1: fail at the first fragment that cannot be UTF-8.
+                if !protocol::utf8_fragment_ok(&f.payload, 0, false) {
+                    return close_after_acks(conn, ctrl, close::INVALID_DATA, "invalid UTF-8")
+                        .await;
+                }
                 *partial = Some(f.payload.to_vec());
             }
             OpCode::Continuation => {
@@ -623,13 +652,14 @@ where
                 if buf.len() + f.payload.len() > max {
                     return close_after_acks(conn, ctrl, close::TOO_BIG, "message too large").await;
                 }
+                let checked = buf.len();
                 buf.extend_from_slice(&f.payload);
+                if !protocol::utf8_fragment_ok(buf, checked, f.fin) {
+                    return close_after_acks(conn, ctrl, close::INVALID_DATA, "invalid UTF-8")
+                        .await;
+                }
                 if f.fin {
                     let whole = partial.take().unwrap_or_default();
-                    if std::str::from_utf8(&whole).is_err() {
-                        return close_after_acks(conn, ctrl, close::INVALID_DATA, "invalid UTF-8")
-                            .await;
-                    }
                     if handle_text(st, conn, &whole).await
                         && strikes.hit(st.config.rate_limits.abuse_strikes)
                     {
@@ -653,8 +683,10 @@ where
                 conn.outbox.push(protocol::error(None, &e));
             }
             OpCode::Close => {
-                // Answer once (fastwebsockets' auto-close would answer twice).
-                return close_after_acks(conn, ctrl, close::NORMAL, "").await;
+                // Answer once (fastwebsockets' auto-close would answer twice), with 1002 or
+                // 1007 for a Close frame that is itself malformed.
+                let (code, reason) = close::answer(&f.payload);
+                return close_after_acks(conn, ctrl, code, reason).await;
             }
             OpCode::Ping => {
                 ctrl.pong(&f.payload);
@@ -915,5 +947,246 @@ fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn request(query: &str, headers: &[(&str, &str)]) -> Option<Request<()>> {
+        let mut b = Request::builder().uri(format!("/ws?{query}"));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).ok()
+    }
+
+    /// Issue 24, point 6: a token over `MAX_TOKEN_BYTES` is refused wherever it travels.
+    #[test]
+    fn tokens_over_the_cap_are_refused_everywhere() {
+        let max = protocol::MAX_TOKEN_BYTES;
+        let jwt = |n: usize| format!("a.b.{}", "c".repeat(n - 4));
+        for (n, ok) in [(max, true), (max + 1, false)] {
+            let t = jwt(n);
+            let by_query = request(&format!("token={t}"), &[]).expect("request");
+            let bearer = format!("Bearer {t}");
+            let by_header = request("", &[("authorization", &bearer)]).expect("request");
+            let protocols = format!("confab, {t}");
+            let by_protocol =
+                request("", &[("sec-websocket-protocol", &protocols)]).expect("request");
+            for (req, via) in [(by_query, false), (by_header, false), (by_protocol, true)] {
+                match find_token(&req) {
+                    Ok((found, v)) => {
+                        assert!(ok, "{n} bytes accepted (via protocol: {via})");
+                        assert_eq!((found.len(), v), (n, via));
+                    }
+                    Err((_, e)) => {
+                        assert!(!ok, "{n} bytes refused (via protocol: {via})");
+                        assert!(e.message.contains("over"), "{}", e.message);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Issue 24, point 11: token extraction from any upgrade request gives a token from the
+    /// request, within the cap, or a typed refusal; never a panic.
+    #[test]
+    fn any_upgrade_request_yields_a_token_or_a_refusal() {
+        let token = prop_oneof![
+            "[A-Za-z0-9_-]{0,20}\\.[A-Za-z0-9_-]{0,20}\\.[A-Za-z0-9_-]{0,20}",
+            (8180usize..8200).prop_map(|n| format!("x.y.{}", "z".repeat(n))),
+            "[ -~]{0,40}",
+        ];
+        let case = (
+            proptest::collection::vec(
+                prop_oneof![
+                    token.clone().prop_map(|t| format!("token={t}")),
+                    "[a-z=&%0-9]{0,12}",
+                ],
+                0..4,
+            ),
+            proptest::option::of(prop_oneof![
+                token.clone().prop_map(|t| format!("Bearer {t}")),
+                "[ -~]{0,30}",
+            ]),
+            proptest::option::of(prop_oneof![
+                token.prop_map(|t| format!("confab, {t}")),
+                "[ -~]{0,30}",
+            ]),
+        );
+        proptest!(config(), |((query, auth, protocols) in case)| {
+            let query = query.join("&");
+            let mut headers = Vec::new();
+            if let Some(a) = &auth {
+                headers.push(("authorization", a.as_str()));
+            }
+            if let Some(p) = &protocols {
+                headers.push(("sec-websocket-protocol", p.as_str()));
+            }
+            let Some(req) = request(&query, &headers) else {
+                return Ok(());
+            };
+            match find_token(&req) {
+                Ok((t, via_protocol)) => {
+                    prop_assert!(!t.is_empty() && t.len() <= protocol::MAX_TOKEN_BYTES);
+                    let source = if via_protocol {
+                        protocols.clone().unwrap_or_default()
+                    } else {
+                        format!("{query} {}", auth.clone().unwrap_or_default())
+                    };
+                    prop_assert!(source.contains(&t), "{t:?} not from {source:?}");
+                }
+                Err((reason, e)) => {
+                    prop_assert!(matches!(reason, "no_token" | "bad_token"));
+                    prop_assert_eq!(e.code, ErrorCode::Unauthorized);
+                }
+            }
+        });
+    }
+
+    /// One client frame on the wire: any opcode, flags, mask and length encoding.
+    fn wire_frame(
+        (fin, rsv, opcode, masked, key, wide, payload): (bool, u8, u8, bool, [u8; 4], u8, Vec<u8>),
+    ) -> Vec<u8> {
+        let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
+        let m = u8::from(masked) << 7;
+        let n = payload.len();
+        match wide {
+            0 if n < 126 => out.push(m | n as u8),
+            0 | 1 => {
+                out.push(m | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(m | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            out.extend_from_slice(&key);
+        }
+        out.extend(
+            payload
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if masked { b ^ key[i % 4] } else { *b }),
+        );
+        out
+    }
+
+    /// Reads `bytes` as a session does (the same reader, the same checks on each frame) until
+    /// the stream ends or a frame ends the session; fails if it reads more frames than the
+    /// bytes could hold (a loop) or a frame over `max`.
+    async fn read_as_a_session(bytes: &[u8], max: usize) -> Result<(), TestCaseError> {
+        let mut rx = frame_reader(bytes, max);
+        let mut no_obligations = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
+        let mut partial: Option<Vec<u8>> = None;
+        // Every frame takes at least two bytes.
+        for _ in 0..=bytes.len() / 2 {
+            let Ok(mut f) = rx.read_frame(&mut no_obligations).await else {
+                return Ok(());
+            };
+            prop_assert!(f.payload.len() <= max);
+            let mut head = [0u8; 16];
+            f.fmt_head(&mut head);
+            if head[1] & 0x80 == 0 {
+                return Ok(());
+            }
+            match f.opcode {
+                OpCode::Text if f.fin => {
+                    if partial.is_some() {
+                        return Ok(());
+                    }
+                    let _ = protocol::parse_client_frame(&f.payload);
+                }
+                OpCode::Text => {
+                    if partial.is_some() || !protocol::utf8_fragment_ok(&f.payload, 0, false) {
+                        return Ok(());
+                    }
+                    partial = Some(f.payload.to_vec());
+                }
+                OpCode::Continuation => {
+                    let Some(buf) = partial.as_mut() else {
+                        return Ok(());
+                    };
+                    if buf.len() + f.payload.len() > max {
+                        return Ok(());
+                    }
+                    let checked = buf.len();
+                    buf.extend_from_slice(&f.payload);
+                    if !protocol::utf8_fragment_ok(buf, checked, f.fin) {
+                        return Ok(());
+                    }
+                    if f.fin {
+                        let whole = partial.take().unwrap_or_default();
+                        prop_assert!(std::str::from_utf8(&whole).is_ok());
+                        let _ = protocol::parse_client_frame(&whole);
+                    }
+                }
+                OpCode::Close => {
+                    let (code, _) = close::answer(&f.payload);
+                    prop_assert!(matches!(code, 1000 | 1002 | 1007));
+                    return Ok(());
+                }
+                OpCode::Binary | OpCode::Ping | OpCode::Pong => {}
+            }
+        }
+        prop_assert!(false, "more frames than the input could hold");
+        Ok(())
+    }
+
+    /// Issue 24, point 11: the session's frame reading path (fastwebsockets' reader as the
+    /// session sets it up, then the session's checks) ends on any input: frames of any kind,
+    /// cut anywhere, or plain noise. In memory, bounded.
+    #[test]
+    fn any_bytes_read_as_frames_end_cleanly() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let frame = (
+            any::<bool>(),
+            prop_oneof![9 => Just(0u8), 1 => 0u8..8],
+            prop_oneof![
+                Just(0u8),
+                Just(1),
+                Just(2),
+                Just(8),
+                Just(9),
+                Just(10),
+                0u8..16
+            ],
+            prop_oneof![9 => Just(true), 1 => Just(false)],
+            any::<[u8; 4]>(),
+            0u8..3,
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                ".{0,100}".prop_map(String::into_bytes),
+                Just(br#"{"event":"ping"}"#.to_vec()),
+            ],
+        )
+            .prop_map(wire_frame);
+        let input = prop_oneof![
+            proptest::collection::vec(frame, 0..8).prop_map(|fs| fs.concat()),
+            proptest::collection::vec(any::<u8>(), 0..600),
+        ];
+        let case = (input, any::<proptest::sample::Index>());
+        proptest!(config(), |((bytes, cut) in case)| {
+            // Also cut short anywhere: a connection can end mid-frame.
+            let end = if bytes.is_empty() { 0 } else { cut.index(bytes.len() + 1) };
+            rt.block_on(read_as_a_session(&bytes[..end], 256))?;
+            rt.block_on(read_as_a_session(&bytes, 256))?;
+        });
     }
 }

@@ -1293,6 +1293,16 @@ async fn downloads_follow_room_membership() {
         thumb.text()
     );
     image::load_from_memory(&thumb.body).expect("the signed thumbnail is an image");
+    // Issue 24, point 7: a signature opens only the resource it was made for.
+    let original_with_thumb_sig = thumb_url.replacen("/thumb?", "?", 1);
+    assert_ne!(original_with_thumb_sig, thumb_url, "{thumb_url}");
+    let r = server.download(&original_with_thumb_sig, None).await;
+    assert_eq!(
+        r.status,
+        401,
+        "the thumbnail's signature does not open the original: {}",
+        r.text()
+    );
 
     // Dave leaves: his token, cookie and signed URL stop working at once; bob's do not.
     let dave_cookie = cookie_of(dave.token.clone()).await;

@@ -12,6 +12,7 @@ mod cors;
 mod disk_full;
 mod dm;
 mod durability;
+mod edges;
 mod edits;
 mod files;
 mod history;
