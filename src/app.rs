@@ -28,10 +28,11 @@ pub enum StartError {
 /// opened exclusively.
 pub fn reindex(config: &Config) -> Result<u64, StartError> {
     let metrics = Arc::new(Metrics::new());
-    let store = Store::open(
+    let store = Store::open_cached(
         &config.storage.data_dir,
         config.node.id,
         config.storage.max_batch,
+        config.storage.cache_bytes,
         metrics,
     )?;
     let n = crate::search::Search::rebuild(&config.storage.data_dir, &config.search, &store);
@@ -54,10 +55,11 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let data = &config.storage.data_dir;
         let auth = Authenticator::new(&config.auth, data)?;
-        let store = Store::open(
+        let store = Store::open_cached(
             data,
             config.node.id,
             config.storage.max_batch,
+            config.storage.cache_bytes,
             metrics.clone(),
         )?;
         let files =

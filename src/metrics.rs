@@ -38,6 +38,7 @@ pub struct Metrics {
     pub search_index_bytes: Gauge<u64, AtomicU64>,
     pub search_lag: Gauge<u64, AtomicU64>,
     pub search_indexed: Counter,
+    limiter_keys: Family<CodeLabels, Gauge<u64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -75,6 +76,7 @@ impl Metrics {
             search_index_bytes: Gauge::default(),
             search_lag: Gauge::default(),
             search_indexed: Counter::default(),
+            limiter_keys: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -194,6 +196,11 @@ impl Metrics {
             m.search_index_bytes.clone(),
         );
         r.register(
+            "confab_limiter_keys",
+            "Keys (users, client addresses) a rate limiter remembers, by limiter",
+            m.limiter_keys.clone(),
+        );
+        r.register(
             "confab_search_lag",
             "Message changes committed but not yet searchable",
             m.search_lag.clone(),
@@ -218,6 +225,13 @@ impl Metrics {
         self.thumbnails
             .get_or_create(&vec![("result", result)])
             .inc();
+    }
+
+    /// Sets how many keys the rate limiter `name` remembers.
+    pub fn limiter_keys(&self, name: &'static str, keys: usize) {
+        self.limiter_keys
+            .get_or_create(&vec![("limiter", name)])
+            .set(keys as u64);
     }
 
     /// Counts a refused upgrade.

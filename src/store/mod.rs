@@ -126,12 +126,30 @@ impl Store {
         max_batch: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
+        Self::open_cached(
+            data_dir,
+            configured_node,
+            max_batch,
+            crate::config::DEFAULT_CACHE_BYTES,
+            metrics,
+        )
+    }
+
+    /// `open` with a page cache of `cache_bytes` (`storage.cache_bytes`).
+    pub fn open_cached(
+        data_dir: &Path,
+        configured_node: Option<u16>,
+        max_batch: usize,
+        cache_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         Self::open_with(
             data_dir,
             configured_node,
             max_batch,
             metrics,
             wal::CHECKPOINT_AGE,
+            cache_bytes,
         )
     }
 
@@ -141,13 +159,17 @@ impl Store {
         max_batch: usize,
         metrics: Arc<Metrics>,
         checkpoint_age: std::time::Duration,
+        cache_bytes: usize,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("confab.redb");
-        let db = Database::builder().create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.clone()),
-            other => other.into(),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.clone()),
+                other => other.into(),
+            })?;
         let node_id = tables::init(&db, configured_node)?;
         let (_, wal_seq, wal_pos) = tables::positions(&db)?;
         let mut wal = wal::Wal::open(
@@ -781,7 +803,15 @@ mod tests {
 
     /// The store in `dir` (node 1, batches of 64), whose idle writer checkpoints after `age`.
     fn open_at(dir: &Path, age: std::time::Duration) -> Store {
-        Store::open_with(dir, Some(1), 64, Arc::new(Metrics::new()), age).expect("open")
+        Store::open_with(
+            dir,
+            Some(1),
+            64,
+            Arc::new(Metrics::new()),
+            age,
+            crate::config::DEFAULT_CACHE_BYTES,
+        )
+        .expect("open")
     }
 
     /// The contents of `room`'s messages, oldest first.
