@@ -43,6 +43,7 @@ fn store_options(config: &Config) -> StoreOptions {
         max_batch: config.storage.max_batch,
         host_namespace: config.auth.public_keys.first().map(|k| k.namespace.clone()),
         min_free_disk_bytes: config.storage.min_free_disk_bytes,
+        cache_bytes: config.storage.cache_bytes,
     }
 }
 

@@ -4,7 +4,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Value};
 use serde::{Deserialize, Deserializer, Serialize};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// Why a configuration cannot be used.
@@ -38,6 +38,10 @@ pub struct ServerConfig {
     pub heartbeat_interval_secs: u64,
     pub idle_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
+    /// Reverse proxies (CIDRs, e.g. "127.0.0.1/32", "10.0.0.0/8", "::1/128") whose
+    /// `Forwarded` / `X-Forwarded-For` headers name the client. Empty: the peer address is the
+    /// client, and those headers are ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +55,7 @@ impl Default for ServerConfig {
             heartbeat_interval_secs: 30,
             idle_timeout_secs: 75,
             shutdown_grace_secs: 5,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -63,7 +68,16 @@ pub struct StorageConfig {
     /// Writes are refused with `insufficient_storage` while the data directory's filesystem
     /// has less than this free, and resume by themselves once it has more (0: never refuse).
     pub min_free_disk_bytes: u64,
+    /// Bytes of redb's page cache (read cache plus the write buffer of pages not yet on
+    /// disk). redb's own default is 1 GiB, which a server that serves history keeps filling.
+    pub cache_bytes: usize,
 }
+
+/// redb's cache when none is configured. History pages are read once per request and the
+/// newest pages of busy rooms stay hot, so a small cache keeps reads fast while the resident
+/// size of a server holding a large history stays that of a small device (see README,
+/// "Performance": RSS with 1M messages).
+pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 impl Default for StorageConfig {
     fn default() -> Self {
@@ -72,6 +86,7 @@ impl Default for StorageConfig {
             max_batch: 2048,
             // Room for the write-ahead log (4 MiB) and the pages a checkpoint writes out.
             min_free_disk_bytes: 32 * 1024 * 1024,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -235,6 +250,9 @@ pub struct RateLimits {
     pub registrations_per_min_per_ip: u32,
     /// Registration and setup attempts per client address that may come at once.
     pub registrations_burst_per_ip: u32,
+    /// Seconds between sweeps that forget the buckets (per user, per client address) that
+    /// are full again, so the maps stay as large as the recent traffic, not all traffic ever.
+    pub forget_idle_secs: u64,
 }
 
 impl Default for RateLimits {
@@ -261,6 +279,7 @@ impl Default for RateLimits {
             login_forget_secs: 900,
             registrations_per_min_per_ip: 2,
             registrations_burst_per_ip: 10,
+            forget_idle_secs: 60,
         }
     }
 }
@@ -389,6 +408,11 @@ pub struct RawConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// The process's soft open-file limit, when the binary read it at start: the connection
+    /// cap is fitted below it (`server::Caps`). `None` (tests, embedding): not fitted.
+    pub open_file_limit: Option<u64>,
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub auth: AuthConfig,
@@ -715,8 +739,35 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
     if f.thumbnail_max_px > 4096 {
         return Err(invalid("files.thumbnail_max_px", "must be at most 4096"));
     }
+    if raw.rate_limits.forget_idle_secs == 0 {
+        return Err(invalid(
+            "rate_limits.forget_idle_secs",
+            "must be at least 1",
+        ));
+    }
+    if raw.storage.cache_bytes < 1024 * 1024 {
+        return Err(invalid(
+            "storage.cache_bytes",
+            "must be at least 1048576 (1 MiB)",
+        ));
+    }
+    let trusted_proxies = raw
+        .server
+        .trusted_proxies
+        .iter()
+        .map(|c| {
+            c.parse::<Cidr>().map_err(|()| {
+                invalid(
+                    "server.trusted_proxies",
+                    format!("{c:?} is not an address or CIDR like 10.0.0.0/8 or ::1/128"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Config {
         listen,
+        trusted_proxies,
+        open_file_limit: None,
         server: raw.server,
         storage: raw.storage,
         auth: raw.auth,
@@ -728,6 +779,61 @@ pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         node: raw.node,
         log: raw.log,
     })
+}
+
+/// An address range: an address and how many leading bits must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the range. An IPv4 address mapped into IPv6 (`::ffff:a.b.c.d`, as a
+    /// dual-stack listener reports it) matches as the IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_eq(u32::from(net).into(), u32::from(ip).into(), 32, self.bits)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_eq(u128::from(net), u128::from(ip), 128, self.bits)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether the top `bits` of two `width`-bit numbers agree.
+fn prefix_eq(a: u128, b: u128, width: u8, bits: u8) -> bool {
+    let shift = u32::from(width - bits);
+    shift >= 128 || (a >> shift) == (b >> shift)
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = ();
+
+    /// "10.0.0.0/8", "::1/128", or a bare address (a range of one).
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (addr, bits) = match s.trim().split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| ())?;
+        let width = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            Some(b) => b.parse::<u8>().map_err(|_| ())?,
+            None => width,
+        };
+        if bits > width {
+            return Err(());
+        }
+        Ok(Self { addr, bits })
+    }
 }
 
 /// Accepts a string, or a number/bool that an env variable turned into one ("8080" → 8080).
@@ -778,6 +884,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Guards issue 24, point 9: the trusted-proxy ranges match what they say.
+    #[test]
+    fn cidrs_match_their_ranges() {
+        let c = |s: &str| s.parse::<Cidr>().expect(s);
+        let ip = |s: &str| s.parse::<IpAddr>().expect(s);
+        assert!(c("127.0.0.1/32").contains(ip("127.0.0.1")));
+        assert!(!c("127.0.0.1/32").contains(ip("127.0.0.2")));
+        assert!(c("127.0.0.1").contains(ip("127.0.0.1")));
+        assert!(c("10.0.0.0/8").contains(ip("10.200.3.4")));
+        assert!(!c("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(c("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(c("::/0").contains(ip("2001:db8::1")));
+        assert!(c("::1/128").contains(ip("::1")));
+        assert!(c("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
+        assert!(!c("2001:db8::/32").contains(ip("2001:db9::1")));
+        assert!(c("127.0.0.0/8").contains(ip("::ffff:127.0.0.5")));
+        assert!(!c("10.0.0.0/8").contains(ip("::1")));
+        for bad in ["10.0.0.0/33", "::/129", "nope", "10.0.0.0/x", ""] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        let mut raw = RawConfig::default();
+        raw.server.trusted_proxies = vec!["10.0.0.0/99".into()];
+        let e = resolve(raw).expect_err("a bad CIDR is refused");
+        assert!(e.to_string().contains("server.trusted_proxies"), "{e}");
     }
 
     #[test]

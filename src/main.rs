@@ -122,13 +122,23 @@ fn print_provenance(loaded: &config::Loaded) {
 }
 
 fn serve(loaded: config::Loaded) -> anyhow::Result<()> {
-    let cfg = loaded.config.clone();
+    let mut cfg = loaded.config.clone();
     init_logging(&cfg.log.level, cfg.log.format);
-    // Many connections need many descriptors: take what the hard limit allows.
+    // Many connections need many descriptors: take what the hard limit allows, then fit the
+    // connection cap under what we got.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
+    cfg.open_file_limit = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, _)) if soft != rlimit::INFINITY => Some(soft),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the open-file limit");
+            None
+        }
+    };
+    let caps = confab::server::Caps::fit(cfg.server.max_connections, cfg.open_file_limit);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -150,6 +160,27 @@ fn serve(loaded: config::Loaded) -> anyhow::Result<()> {
         println!("data directory: {}", data_dir.display());
         println!("configuration (value and where it came from):");
         print_provenance(&loaded);
+        match cfg.open_file_limit {
+            Some(limit) if caps.websockets < cfg.server.max_connections => {
+                println!(
+                    "connections: at most {} WebSockets, not server.max_connections = {}: the \
+                     open-file limit is {limit} ({} kept for files); raise it (ulimit -n, \
+                     LimitNOFILE=) to allow more",
+                    caps.websockets, cfg.server.max_connections, caps.reserve
+                );
+                tracing::warn!(
+                    websockets = caps.websockets,
+                    max_connections = cfg.server.max_connections,
+                    open_file_limit = limit,
+                    "connection cap lowered to fit the open-file limit"
+                );
+            }
+            Some(limit) => println!(
+                "connections: at most {} WebSockets (open-file limit {limit})",
+                caps.websockets
+            ),
+            None => println!("connections: at most {} WebSockets", caps.websockets),
+        }
         println!("listening on http://{addr}");
         println!(
             "  open http://{addr}/ in a browser, or connect a WebSocket to ws://{addr}/ws?token=..."

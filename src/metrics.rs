@@ -41,6 +41,7 @@ pub struct Metrics {
     pub search_indexed: Counter,
     pub auth_failures: Family<CodeLabels, Counter>,
     pub auth_throttled: Family<CodeLabels, Counter>,
+    limiter_keys: Family<CodeLabels, Gauge<u64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -81,6 +82,7 @@ impl Metrics {
             search_indexed: Counter::default(),
             auth_failures: Family::default(),
             auth_throttled: Family::default(),
+            limiter_keys: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -205,6 +207,11 @@ impl Metrics {
             m.search_index_bytes.clone(),
         );
         r.register(
+            "confab_limiter_keys",
+            "Keys (users, client addresses) a rate limiter remembers, by limiter",
+            m.limiter_keys.clone(),
+        );
+        r.register(
             "confab_search_lag",
             "Message changes committed but not yet searchable",
             m.search_lag.clone(),
@@ -262,6 +269,13 @@ impl Metrics {
         self.auth_throttled
             .get_or_create(&vec![("kind", kind)])
             .inc();
+    }
+
+    /// Sets how many keys the rate limiter `name` remembers.
+    pub fn limiter_keys(&self, name: &'static str, keys: usize) {
+        self.limiter_keys
+            .get_or_create(&vec![("limiter", name)])
+            .set(keys as u64);
     }
 
     /// Counts a refused upgrade.

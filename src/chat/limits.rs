@@ -1,4 +1,5 @@
-//! Token buckets (governor) for messages, typing and joins, and their refusal errors.
+//! Token buckets (governor) for messages, typing, joins, uploads and connects, and their
+//! refusal errors.
 
 use super::ChatError;
 use crate::model::UserId;
@@ -55,8 +56,19 @@ impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
         })
     }
 
-    /// Forgets keys whose buckets are full again (bounds memory).
+    /// Forgets keys whose buckets are full again, and gives back the map's spare capacity
+    /// (bounds memory: a burst of distinct keys must not leave its table behind).
     pub fn forget_idle(&self) {
         self.0.retain_recent();
+        self.0.shrink_to_fit();
+    }
+
+    /// How many keys are remembered.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }

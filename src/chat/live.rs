@@ -218,9 +218,9 @@ impl Hub {
             if flush {
                 live.last_flush = Some(now);
             }
-            let forget = live
-                .last_forget
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60));
+            let forget = live.last_forget.is_none_or(|t| {
+                now.duration_since(t) >= Duration::from_secs(self.rate.forget_idle_secs)
+            });
             if forget {
                 live.last_forget = Some(now);
             }
@@ -267,6 +267,7 @@ impl Hub {
         if forget {
             self.user_messages.forget_idle();
             self.user_joins.forget_idle();
+            self.user_uploads.forget_idle();
         }
     }
 

@@ -520,6 +520,16 @@ impl Hub {
     }
 
     /// How many connections `user` has open, for the per-user cap.
+    /// Records in the metrics how many users each per-user rate limiter remembers.
+    pub fn sample_limiters(&self) {
+        self.metrics
+            .limiter_keys("user_messages", self.user_messages.len());
+        self.metrics
+            .limiter_keys("user_joins", self.user_joins.len());
+        self.metrics
+            .limiter_keys("user_uploads", self.user_uploads.len());
+    }
+
     pub fn connection_count(&self, user: &UserId) -> usize {
         self.live.lock().connections(user)
     }

@@ -161,6 +161,7 @@ async fn route_inner(
             text(StatusCode::OK, "ready\n")
         }),
         (&Method::GET, ["metrics"]) => {
+            st.sample_limiters();
             let body = st.metrics.render(st.hub.store().path());
             let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(

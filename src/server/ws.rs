@@ -87,7 +87,7 @@ pub async fn upgrade(st: AppState, peer: SocketAddr, mut req: Request<Incoming>)
         .query()
         .is_some_and(|q| q.split('&').any(|p| p == "sync=1" || p == "sync=true"));
     let open = st.sockets.fetch_add(1, Ordering::AcqRel);
-    if open >= st.config.server.max_connections || !st.ready.load(Ordering::Acquire) {
+    if open >= st.ws_cap || !st.ready.load(Ordering::Acquire) {
         st.sockets.fetch_sub(1, Ordering::AcqRel);
         st.metrics.refused("limit");
         return error_response(&WireError::new(

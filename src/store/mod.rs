@@ -129,6 +129,8 @@ pub struct StoreOptions {
     pub host_namespace: Option<String>,
     /// Writes are refused with `DiskFull` while less than this is free (0: never).
     pub min_free_disk_bytes: u64,
+    /// redb's page cache, in bytes (`storage.cache_bytes`).
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -138,6 +140,7 @@ impl Default for StoreOptions {
             max_batch: 2048,
             host_namespace: None,
             min_free_disk_bytes: 0,
+            cache_bytes: crate::config::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -186,10 +189,13 @@ impl Store {
         let host_namespace = options.host_namespace.as_deref();
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("confab.redb");
-        let db = Database::builder().create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.clone()),
-            other => other.into(),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.clone()),
+                other => other.into(),
+            })?;
         let node_id = tables::init(&db, configured_node)?;
         let (_, wal_seq, wal_pos) = tables::positions(&db)?;
         let mut wal = wal::Wal::open(

@@ -103,6 +103,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Start with the shipped rate and connection limits instead of `RELAXED_LIMITS`.
     pub stock_limits: bool,
+    /// A command that runs the server (e.g. `prlimit --nofile=300:300`); empty: run it directly.
+    pub wrapper: Vec<String>,
 }
 
 impl Options {
@@ -161,6 +163,7 @@ pub struct Server {
     pub data_dir: PathBuf,
     config_path: Option<PathBuf>,
     env: Vec<(String, String)>,
+    wrapper: Vec<String>,
     output: Arc<Mutex<Vec<String>>>,
     dir: tempfile::TempDir,
 }
@@ -186,6 +189,7 @@ impl Server {
             data_dir,
             config_path,
             env: opts.resolved_env(),
+            wrapper: opts.wrapper.clone(),
             output: Arc::new(Mutex::new(Vec::new())),
             dir,
         };
@@ -194,7 +198,14 @@ impl Server {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((run, args)) => {
+                let mut c = Command::new(run);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.current_dir(self.dir.path())
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
