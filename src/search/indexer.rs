@@ -51,6 +51,13 @@ impl LazyWriter {
         Ok(self.writer.insert(w))
     }
 
+    /// Drops the writer and whatever it holds uncommitted (after a failure: tantivy kills a
+    /// writer whose worker hit an I/O error, and a failed replay may have added part of its
+    /// changes). The next `get` opens a fresh one on the last commit.
+    fn discard(&mut self) {
+        self.writer = None;
+    }
+
     /// Closes the writer (after its merges finish). Only with nothing uncommitted.
     fn close(&mut self) {
         if let Some(w) = self.writer.take()
@@ -82,6 +89,7 @@ pub(super) fn run(
             Err(SearchError::Store(crate::store::StoreError::Closed)) => return,
             Err(e) => {
                 tracing::error!(error = %e, "search replay at start failed; retrying in 1 s");
+                writer.discard();
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
@@ -91,11 +99,21 @@ pub(super) fn run(
     let mut dirty = false;
     let mut deadline: Option<Instant> = None;
     let mut last_commit = Instant::now();
+    // The last change in the index's newest commit.
+    let mut committed = watermark;
     // Where a failed replay must start again: changes queued after it lie past the gap.
     let mut replay_from: Option<u64> = None;
+    // Set when an index write failed: what the writer held is gone, so the index must be
+    // replayed from its last commit (never from what was applied since, or a change that
+    // failed would be skipped for good).
+    let mut resync = false;
+    // After a failed replay, the next try waits until then (the disk may still be full).
+    let mut retry_at: Option<Instant> = None;
     loop {
         let wait = if search.inner.lost.load(Ordering::Acquire) {
-            Duration::from_secs(1)
+            retry_at.map_or(Duration::from_secs(1), |t| {
+                t.saturating_duration_since(Instant::now())
+            })
         } else if let Some(d) = deadline {
             d.saturating_duration_since(Instant::now())
         } else if writer.writer.is_some() {
@@ -122,7 +140,12 @@ pub(super) fn run(
                 applied_note = note;
                 if op.seq() > watermark {
                     if let Err(e) = writer.get().and_then(|w| apply(w, fields, &op)) {
-                        tracing::error!(error = %e, "could not index a change");
+                        tracing::error!(
+                            error = %e,
+                            "could not index a change; replaying from the last commit"
+                        );
+                        resync = true;
+                        search.inner.lost.store(true, Ordering::Release);
                     }
                     search.inner.metrics.search_indexed.inc();
                     applied_seq = applied_seq.max(op.seq());
@@ -147,21 +170,39 @@ pub(super) fn run(
         }
         if search.inner.lost.load(Ordering::Acquire) {
             // Apply what was queued before the overflow, then replay the rest from storage.
+            // After a failure the queue is only drained: the replay covers it.
             while let Ok((note, op)) = rx.try_recv() {
                 search.inner.queued.fetch_sub(1, Ordering::AcqRel);
-                if op.seq() > watermark {
-                    let _ = writer.get().and_then(|w| apply(w, fields, &op));
+                if !resync && op.seq() > watermark {
+                    if let Err(e) = writer.get().and_then(|w| apply(w, fields, &op)) {
+                        tracing::error!(error = %e, "could not index a change");
+                        resync = true;
+                    }
                     applied_seq = applied_seq.max(op.seq());
                 }
                 applied_note = note;
             }
-            let from = *replay_from.get_or_insert(applied_seq);
+            if retry_at.is_some_and(|t| Instant::now() < t) {
+                continue;
+            }
+            let from = if resync {
+                writer.discard();
+                // The commit on disk, in case a failed commit got as far as writing it.
+                let from = super::committed_seq(&writer.index).unwrap_or(committed);
+                replay_from = Some(from);
+                from
+            } else {
+                *replay_from.get_or_insert(applied_seq)
+            };
             search.inner.lost.store(false, Ordering::Release);
             let noted = search.inner.noted.load(Ordering::Relaxed);
             match catch_up(&search, &store, &mut writer, from) {
                 Ok(w) => {
                     replay_from = None;
+                    resync = false;
+                    retry_at = None;
                     watermark = w;
+                    committed = w;
                     applied_seq = w;
                     applied_note = applied_note.max(noted);
                     search
@@ -172,8 +213,11 @@ pub(super) fn run(
                     deadline = None;
                 }
                 Err(e) => {
-                    // Nothing past the gap may be committed: try again shortly.
-                    tracing::error!(error = %e, "search replay after overflow failed; retrying");
+                    // Nothing past the gap may be committed: try again shortly, from the
+                    // last commit (the writer may hold part of this replay).
+                    tracing::error!(error = %e, "search replay from storage failed; retrying in 1 s");
+                    resync = true;
+                    retry_at = Some(Instant::now() + Duration::from_secs(1));
                     search.inner.lost.store(true, Ordering::Release);
                 }
             }
@@ -184,6 +228,7 @@ pub(super) fn run(
             last_commit = started;
             match writer.get().and_then(|w| commit(w, applied_seq)) {
                 Ok(()) => {
+                    committed = applied_seq;
                     if let Err(e) = search.inner.reader.reload() {
                         tracing::error!(error = %e, "search reader reload failed");
                     }
@@ -199,7 +244,14 @@ pub(super) fn run(
                         "search index committed"
                     );
                 }
-                Err(e) => tracing::error!(error = %e, "search index commit failed"),
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "search index commit failed; replaying from the last commit"
+                    );
+                    resync = true;
+                    search.inner.lost.store(true, Ordering::Release);
+                }
             }
             dirty = false;
             deadline = None;

@@ -361,13 +361,20 @@ fn open_index(dir: &Path) -> Result<(Index, Fields), SearchError> {
 
 /// The last change the index's newest commit holds (0 for a new index).
 fn committed_watermark(index: &Index) -> u64 {
-    index
-        .load_metas()
-        .ok()
-        .and_then(|m| m.payload)
-        .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
-        .and_then(|v| v.get("last_seq").and_then(serde_json::Value::as_u64))
-        .unwrap_or(0)
+    committed_seq(index).unwrap_or(0)
+}
+
+/// The last change the index's newest commit on disk holds: 0 for a new index, `None` when
+/// its metadata cannot be read now.
+fn committed_seq(index: &Index) -> Option<u64> {
+    let metas = index.load_metas().ok()?;
+    Some(
+        metas
+            .payload
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+            .and_then(|v| v.get("last_seq").and_then(serde_json::Value::as_u64))
+            .unwrap_or(0),
+    )
 }
 
 fn dir_bytes(dir: &Path) -> u64 {

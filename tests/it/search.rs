@@ -1776,3 +1776,73 @@ async fn the_indexer_threads_run_at_a_lower_priority_than_chat() {
     // Thread names are cut to 15 bytes.
     assert_eq!(nice_of("confab-store-wr"), vec![0], "threads: {threads:?}");
 }
+
+/// Guards issue 24, point 10(c): a failed index write never skips a message. The index
+/// directory sits on a small filesystem that the test fills: messages sent meanwhile are
+/// acknowledged (storage is elsewhere) but cannot be indexed. Once space is back every one of
+/// them becomes searchable without a restart, and stays so after one, each found once.
+#[tokio::test]
+async fn messages_the_index_could_not_write_are_found_once_space_is_back() {
+    let mut server = Server::start_with(Options::env(&[(
+        "CONFAB_SEARCH__COMMIT_INTERVAL_MS",
+        "100",
+    )]));
+    server.sigterm();
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+    let disk = crate::support::SmallDisk::mount_over(&server.data_dir.join("search"), 4 << 20);
+    server.restart();
+    let (token, mut alice) = user(&server, "alice").await;
+    let room = alice.create_room("indexless", "public").await;
+    let first = alice.say(&room, "quokka first").await;
+    search_until(
+        &server,
+        &token,
+        &q("quokka"),
+        Instant::now(),
+        "a message before the index's disk fills",
+        |a| ids(a) == vec![sid(&first)],
+    )
+    .await;
+
+    let filler = disk.fill_leaving(0);
+    let mut sent = vec![sid(&first)];
+    for i in 0..12 {
+        sent.push(sid(&alice.say(&room, &format!("quokka number {i}")).await));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    // Long enough for several commits to be tried, and to fail, on the full disk.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::remove_file(&filler).expect("free the space");
+    sent.push(sid(&alice.say(&room, "quokka last").await));
+    let want: BTreeSet<String> = sent.iter().cloned().collect();
+    let query = qs(&[("q", "quokka"), ("limit", "50")]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ans = search(&server, &token, &query).await;
+        if id_set(&ans) == want {
+            assert_eq!(ids(&ans).len(), want.len(), "each message once: {ans}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every message sent while the index's disk was full becomes searchable once space \
+             is back; want {want:?}, last answer {ans}\n{}",
+            server.output()
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    drop(alice);
+    server.sigterm();
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+    server.restart();
+    let ans = search(&server, &token, &query).await;
+    assert_eq!(
+        ids(&ans).len(),
+        want.len(),
+        "after a restart, each once: {ans}"
+    );
+    assert_eq!(id_set(&ans), want, "after a restart");
+    server.sigterm();
+    let _ = server.wait_exit(Duration::from_secs(10));
+    drop(disk);
+}

@@ -1809,3 +1809,69 @@ pub fn debian_file(package: &str, path: &str) -> PathBuf {
     );
     file
 }
+
+/// A tmpfs of `size` mounted over `dir` (keeping what `dir` held), unmounted on drop.
+pub struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount_over(dir: &Path, size: u64) -> SmallDisk {
+        let keep = dir.with_extension("before-mount");
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().expect("run");
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(Command::new("cp").arg("-a").arg(dir).arg(&keep));
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}")])
+            .arg("tmpfs")
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            mounted.status.success(),
+            "this test mounts a small tmpfs and needs root: {}",
+            String::from_utf8_lossy(&mounted.stderr)
+        );
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", keep.display()))
+            .arg(dir));
+        let _ = std::fs::remove_dir_all(&keep);
+        SmallDisk {
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn free(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.dir)
+            .output()
+            .expect("run df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df prints the free bytes")
+    }
+
+    /// Fills the disk until `left` bytes are free; returns the filler's path.
+    pub fn fill_leaving(&self, left: u64) -> PathBuf {
+        let filler = self.dir.join("filler");
+        let size = self.free().saturating_sub(left);
+        std::fs::write(&filler, vec![0u8; size as usize]).expect("write the filler");
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
