@@ -257,7 +257,7 @@ async fn run(args: Args) -> Result<bool> {
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mem_after = read_memory(&metrics_api, args.server_pid, peer).await;
-    let memory = MemoryReport::new(&mem_before, &mem_after, n);
+    let mut memory = MemoryReport::new(&mem_before, &mem_after, n);
     let dropped_while_idle: u64 = shared.disconnects.lock().values().sum();
 
     // Load.
@@ -356,6 +356,12 @@ async fn run(args: Args) -> Result<bool> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         drain_s = t.elapsed().as_secs_f64();
+    }
+    // The server's peak resident memory over the whole run (each scenario gets a fresh
+    // server, so this is the peak under this load), and where it stands after the drain.
+    if let Some(p) = args.server_pid {
+        memory.vmrss_peak_bytes = api::vm_hwm(p).ok();
+        memory.vmrss_end_bytes = api::vm_rss(p).ok();
     }
 
     // Stop readers, close connections.
@@ -665,6 +671,10 @@ struct MemoryReport {
     vmrss_after_bytes: Option<u64>,
     /// (after - before) / connections, from /proc/PID/status.
     vmrss_per_connection_bytes: Option<f64>,
+    /// VmHWM after the load and drain: the server's peak resident memory.
+    vmrss_peak_bytes: Option<u64>,
+    /// VmRSS after the load and drain.
+    vmrss_end_bytes: Option<u64>,
 }
 
 impl MemoryReport {
@@ -677,6 +687,8 @@ impl MemoryReport {
             vmrss_before_bytes: before.vmrss,
             vmrss_after_bytes: after.vmrss,
             vmrss_per_connection_bytes: per(before.vmrss, after.vmrss),
+            vmrss_peak_bytes: None,
+            vmrss_end_bytes: None,
         }
     }
 }
@@ -1047,6 +1059,16 @@ fn print_human(r: &Report) {
         Some(s) => row(label, format!("{s} (VmRSS)")),
         None if !label.is_empty() => row(label, "n/a (no /metrics; pass --server-pid)".into()),
         None => {}
+    }
+    if let Some(peak) = m.vmrss_peak_bytes {
+        let end = m
+            .vmrss_end_bytes
+            .map(|e| format!(", {:.1} MiB after the drain", e as f64 / 1048576.0))
+            .unwrap_or_default();
+        row(
+            "server peak RSS",
+            format!("{:.1} MiB (VmHWM){end}", peak as f64 / 1048576.0),
+        );
     }
     row(
         "result",

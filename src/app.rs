@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Why the server could not start.
@@ -94,6 +95,10 @@ impl App {
     pub async fn run(self, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
         let ticker = self.hub.start_ticker();
         let collector = self.hub.files().start_collector();
+        let trimmer = crate::memory::start_trimmer(
+            self.metrics.clone(),
+            Duration::from_secs(self.config.search.writer_idle_close_secs),
+        );
         crate::server::serve(
             listener,
             self.hub.clone(),
@@ -105,6 +110,7 @@ impl App {
         .await;
         ticker.abort();
         collector.abort();
+        trimmer.abort();
         let store = self.store.clone();
         // Commits everything already queued, then stops the writer thread.
         let _ = tokio::task::spawn_blocking(move || store.close()).await;

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod files;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod protocol;

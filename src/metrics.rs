@@ -39,6 +39,7 @@ pub struct Metrics {
     pub search_index_bytes: Gauge<u64, AtomicU64>,
     pub search_lag: Gauge<u64, AtomicU64>,
     pub search_indexed: Counter,
+    pub memory_released_bytes: Counter,
     pub auth_failures: Family<CodeLabels, Counter>,
     pub auth_throttled: Family<CodeLabels, Counter>,
     limiter_keys: Family<CodeLabels, Gauge<u64, AtomicU64>>,
@@ -80,6 +81,7 @@ impl Metrics {
             search_index_bytes: Gauge::default(),
             search_lag: Gauge::default(),
             search_indexed: Counter::default(),
+            memory_released_bytes: Counter::default(),
             auth_failures: Family::default(),
             auth_throttled: Family::default(),
             limiter_keys: Family::default(),
@@ -220,6 +222,12 @@ impl Metrics {
             "confab_search_indexed",
             "Message changes applied to the search index",
             m.search_indexed.clone(),
+        );
+        r.register(
+            "confab_memory_released_bytes",
+            "Bytes the resident size fell by when free allocator memory was returned to the \
+             system after a quiet spell",
+            m.memory_released_bytes.clone(),
         );
         r.register(
             "confab_auth_failures",

@@ -168,17 +168,27 @@ pub fn parse_metric(text: &str, name: &str) -> Option<u64> {
 
 /// VmRSS of a process, in bytes, from `/proc/PID/status`.
 pub fn vm_rss(pid: u32) -> Result<u64> {
+    vm_status(pid, "VmRSS:")
+}
+
+/// The process's peak resident memory so far (VmHWM), in bytes.
+pub fn vm_hwm(pid: u32) -> Result<u64> {
+    vm_status(pid, "VmHWM:")
+}
+
+/// One `kB` field of `/proc/PID/status`, in bytes.
+fn vm_status(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))?;
+        .find(|l| l.starts_with(field))
+        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))?;
     let kib: u64 = line
         .split_whitespace()
         .nth(1)
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("bad VmRSS line {line:?}"))?;
+        .ok_or_else(|| anyhow!("bad {field} line {line:?}"))?;
     Ok(kib * 1024)
 }
 
