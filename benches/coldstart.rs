@@ -2,6 +2,10 @@
 //! `GET /readyz`, and how much memory the idle process holds, on an empty data directory and
 //! on one holding N stored, indexed messages (default 1,000,000 in 1,000 rooms).
 //!
+//! Then, on the stored corpus, the memory of a server that has served every message once:
+//! it pages through the history of every room over REST (200 messages a request) and reads
+//! VmRSS right after and once the server has been quiet for a while.
+//!
 //! `cargo bench --bench coldstart` (or `-- 200000` for a smaller corpus; `-- --keep DIR` stores
 //! the corpus in DIR and reuses it on the next run instead of building it again).
 
@@ -87,6 +91,7 @@ fn main() -> anyhow::Result<()> {
         &format!("{total} messages in {} rooms", corpus::ROOMS),
         &measure(&bin, &dir)?,
     );
+    history_sweep(&bin, &dir)?;
     let db = std::fs::metadata(dir.join("confab.redb")).map_or(0, |m| m.len());
     println!("database file: {:.1} MiB", db as f64 / (1 << 20) as f64);
     Ok(())
@@ -146,6 +151,11 @@ fn start_once(bin: &Path, dir: &Path) -> anyhow::Result<Start> {
 }
 
 fn time_start(child: &mut Child, started: Instant) -> anyhow::Result<Start> {
+    time_start_at(child, started).map(|(s, _)| s)
+}
+
+/// As `time_start`, and the address the server listens on.
+fn time_start_at(child: &mut Child, started: Instant) -> anyhow::Result<(Start, String)> {
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout);
     let mut line = String::new();
@@ -187,12 +197,134 @@ fn time_start(child: &mut Child, started: Instant) -> anyhow::Result<Start> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    Ok(Start {
-        listening,
-        ready,
-        rss_kib: field("VmRSS:"),
-        rss_anon_kib: field("RssAnon:"),
-    })
+    Ok((
+        Start {
+            listening,
+            ready,
+            rss_kib: field("VmRSS:"),
+            rss_anon_kib: field("RssAnon:"),
+        },
+        addr,
+    ))
+}
+
+/// Starts the server on the corpus, reads every room's whole history as its owner, and
+/// reports VmRSS before, right after, and after a quiet spell long enough for the server to
+/// hand free memory back (src/memory.rs).
+fn history_sweep(bin: &Path, dir: &Path) -> anyhow::Result<()> {
+    let token = Command::new(bin)
+        .args(["token", "--user", "bench", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .output()?;
+    if !token.status.success() {
+        bail!(
+            "confab token failed: {}",
+            String::from_utf8_lossy(&token.stderr)
+        );
+    }
+    let token = String::from_utf8(token.stdout)?.trim().to_owned();
+    let started = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let res = sweep_running(&mut child, started, &token);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    wait_bounded(&mut child, Duration::from_secs(20))?;
+    res
+}
+
+fn sweep_running(child: &mut Child, started: Instant, token: &str) -> anyhow::Result<()> {
+    let (start, addr) = time_start_at(child, started)?;
+    let rss = |what: &str| -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(what))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no such field in /proc/PID/status")
+    };
+    let rooms = get_json(&addr, "/api/rooms", token)?;
+    let rooms: Vec<String> = rooms["rooms"]
+        .as_array()
+        .context("no rooms in GET /api/rooms")?
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect();
+    let t = Instant::now();
+    let (mut messages, mut requests) = (0u64, 0u64);
+    for room in &rooms {
+        let mut before: Option<String> = None;
+        loop {
+            let path = match &before {
+                Some(b) => format!("/api/rooms/{room}/messages?limit=200&before={b}"),
+                None => format!("/api/rooms/{room}/messages?limit=200"),
+            };
+            let page = get_json(&addr, &path, token)?;
+            requests += 1;
+            let list = page["messages"].as_array().context("no messages")?;
+            messages += list.len() as u64;
+            // Pages come newest first; the next page ends before this one's last message.
+            before = list
+                .last()
+                .and_then(|m| m["id"].as_str().map(str::to_owned));
+            if page["has_more"] != serde_json::Value::Bool(true) || before.is_none() {
+                break;
+            }
+        }
+    }
+    let took = t.elapsed();
+    let after = rss("VmRSS:")?;
+    let (hwm, anon) = (rss("VmHWM:")?, rss("RssAnon:")?);
+    // The trimmer gives memory back after 5-10 s without traffic.
+    std::thread::sleep(Duration::from_secs(12));
+    let quiet = rss("VmRSS:")?;
+    let quiet_anon = rss("RssAnon:")?;
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "history of {} rooms ({messages} messages, {requests} requests) read in {:.1} s; \
+         RSS idle {:.1} MiB, right after {:.1} MiB (anonymous {:.1}, peak {:.1}), \
+         after 12 s quiet {:.1} MiB (anonymous {:.1})",
+        rooms.len(),
+        took.as_secs_f64(),
+        mib(start.rss_kib),
+        mib(after),
+        mib(anon),
+        mib(hwm),
+        mib(quiet),
+        mib(quiet_anon),
+    );
+    Ok(())
+}
+
+/// `GET path` with a bearer token on a fresh connection; the body as JSON.
+fn get_json(addr: &str, path: &str, token: &str) -> anyhow::Result<serde_json::Value> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8(raw)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+    }
+    // Chunked or not: the JSON object spans the first '{' to the last '}'.
+    let (Some(a), Some(b)) = (body.find('{'), body.rfind('}')) else {
+        bail!("GET {path}: no JSON body");
+    };
+    Ok(serde_json::from_str(&body[a..=b])?)
 }
 
 fn readyz(addr: &str) -> anyhow::Result<bool> {

@@ -4,8 +4,8 @@
 //! glibc's malloc keeps what a burst freed in its per-thread arenas: after a fan-out load the
 //! process measured 91 MiB of anonymous memory of which 13 MiB was in use, and it stayed there
 //! until the next burst reused it. Trimming while traffic flows would only hand pages back to
-//! be faulted in again, so the trimmer waits for a quiet spell (no message, frame, connection
-//! or index change for one interval), trims, and trims once more after the search index's
+//! be faulted in again, so the trimmer waits for a quiet spell (no message, frame, connection,
+//! HTTP request or index change for one interval), trims, and trims once more after the search index's
 //! writer has closed for being idle (it holds the largest transient buffers).
 
 use crate::metrics::{Metrics, resident_bytes};
@@ -37,7 +37,11 @@ pub fn start_trimmer(
 
 /// A count that moves whenever the server does work that allocates.
 fn activity(m: &Metrics) -> u64 {
-    m.messages_in.get() + m.frames_out.get() + m.connections_total.get() + m.search_indexed.get()
+    m.messages_in.get()
+        + m.frames_out.get()
+        + m.connections_total.get()
+        + m.search_indexed.get()
+        + m.http_requests.get()
 }
 
 /// Decides when to trim: on the first tick of a quiet spell, and on the first tick after the

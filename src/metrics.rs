@@ -40,6 +40,7 @@ pub struct Metrics {
     pub search_lag: Gauge<u64, AtomicU64>,
     pub search_indexed: Counter,
     pub memory_released_bytes: Counter,
+    pub http_requests: Counter,
     pub auth_failures: Family<CodeLabels, Counter>,
     pub auth_throttled: Family<CodeLabels, Counter>,
     limiter_keys: Family<CodeLabels, Gauge<u64, AtomicU64>>,
@@ -82,6 +83,7 @@ impl Metrics {
             search_lag: Gauge::default(),
             search_indexed: Counter::default(),
             memory_released_bytes: Counter::default(),
+            http_requests: Counter::default(),
             auth_failures: Family::default(),
             auth_throttled: Family::default(),
             limiter_keys: Family::default(),
@@ -222,6 +224,11 @@ impl Metrics {
             "confab_search_indexed",
             "Message changes applied to the search index",
             m.search_indexed.clone(),
+        );
+        r.register(
+            "confab_http_requests",
+            "HTTP requests received (REST, files, the UI, WebSocket upgrades)",
+            m.http_requests.clone(),
         );
         r.register(
             "confab_memory_released_bytes",

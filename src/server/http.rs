@@ -34,6 +34,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 const MAX_BODY: usize = 64 * 1024;
 
 pub async fn route(st: AppState, peer: SocketAddr, mut req: Request<Incoming>) -> Resp {
+    st.metrics.http_requests.inc();
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
     if req.version() == hyper::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
         let e = WireError::new(
