@@ -1,4 +1,5 @@
-//! Machine resources: rate-limiter maps shrink back after a churn of client addresses and
+//! Machine resources: memory stays within the page cache after a start and a long history
+//! read, rate-limiter maps shrink back after a churn of client addresses and
 //! users, and a low open-file limit lowers the connection cap (said at start) so that the
 //! connections over it get 503 instead of hanging.
 
@@ -175,4 +176,140 @@ async fn a_low_open_file_limit_lowers_the_cap_and_answers_503() {
         .count();
     assert!(warnings <= 20, "accept failed logged {warnings} times");
     drop(clients);
+}
+
+/// The server's anonymous resident memory (RssAnon: heap and stacks, not the binary's
+/// pages), in bytes.
+fn anon_bytes(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+        .expect("the server's /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("an RssAnon line")
+        * 1024
+}
+
+/// Guards issue 24, point 8: a start and a long history read keep the server's memory within
+/// `storage.cache_bytes`. Before, redb ran with its own 1 GiB cache and kept every page it
+/// read or wrote, so memory grew with everything served and never came back. 60,000 messages
+/// are stored, the server restarted and their whole history read over REST: the process holds
+/// the 1 MiB cache and its own few MiB, not the data (2.8 MiB of anonymous memory here; with
+/// a 1 GiB cache 29 MiB).
+#[tokio::test]
+async fn a_start_and_a_long_history_read_keep_memory_within_the_page_cache() {
+    let mut server =
+        Server::start_with(Options::env(&[("CONFAB_STORAGE__CACHE_BYTES", "1048576")]));
+    let mut ana = server.connect("ana").await;
+    let room = ana.create_room("long", "public").await;
+    // Small messages, as chat is: redb caches the pages of small records (a record of many
+    // KiB sits on pages of its own that it reads uncached).
+    let content = "x".repeat(200);
+    // 500 at once: their echoes (about 200 KiB) stay under the 1 MiB outbound queue.
+    let (total, at_once) = (60_000, 500);
+    for chunk in 0..total / at_once {
+        let requests: Vec<(&str, serde_json::Value)> = (0..at_once)
+            .map(|i| {
+                let data = serde_json::json!({
+                    "room_id": room,
+                    "client_msg_id": format!("m{chunk}-{i}"),
+                    "type": "text",
+                    "content": content,
+                });
+                ("send_message", data)
+            })
+            .collect();
+        for r in ana.send_requests_at_once(&requests).await {
+            if let Err((code, message)) = ana.reply(&r).await {
+                panic!("send_message failed: {code}: {message}");
+            }
+        }
+    }
+    // Wait until the index holds the last message, so the restarted server has nothing to
+    // replay into the search writer while its memory is measured.
+    ana.ok(
+        "send_message",
+        serde_json::json!({"room_id": room, "client_msg_id": "last", "type": "text",
+                           "content": "zanzibarquokka"}),
+    )
+    .await;
+    let token = server.token("ana", None);
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = server
+            .get("/api/search?q=zanzibarquokka", Some(&token))
+            .await;
+        if r.json["hits"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "never indexed: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(ana);
+    server.sigterm();
+    assert!(server.wait_exit(TIMEOUT).success(), "clean exit");
+    server.restart();
+    let all = server.full_history(&room, &token).await;
+    assert_eq!(all.len(), total + 1, "the whole history was read");
+    let anon = anon_bytes(&server);
+    assert!(
+        anon < 16 << 20,
+        "after a start and reading {} MB of history the server holds {:.1} MiB of anonymous \
+         memory (cache 1 MiB)",
+        total * content.len() / 1_000_000,
+        anon as f64 / 1048576.0
+    );
+}
+
+/// Guards issue 24, point 8: after a burst, once the server has been quiet for 5 s, it hands
+/// the memory its allocator kept back to the system (`confab_memory_released_bytes_total`
+/// moves, and the resident size falls below what it was right after the burst).
+#[tokio::test]
+async fn a_quiet_server_hands_free_memory_back() {
+    let server = Server::start();
+    let mut ana = server.connect("ana").await;
+    let room = ana.create_room("burst", "public").await;
+    let content = "y".repeat(2000);
+    for chunk in 0..40 {
+        let requests: Vec<(&str, serde_json::Value)> = (0..100)
+            .map(|i| {
+                let data = serde_json::json!({
+                    "room_id": room,
+                    "client_msg_id": format!("b{chunk}-{i}"),
+                    "type": "text",
+                    "content": content,
+                });
+                ("send_message", data)
+            })
+            .collect();
+        for r in ana.send_requests_at_once(&requests).await {
+            if let Err((code, message)) = ana.reply(&r).await {
+                panic!("send_message failed: {code}: {message}");
+            }
+        }
+    }
+    drop(ana);
+    let released = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("confab_memory_released_bytes_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("/metrics has no confab_memory_released_bytes_total"))
+    };
+    // A metrics read is an HTTP request, which counts as activity: read only after more
+    // than two of the trimmer's 5 s ticks, so one whole interval between them was quiet.
+    let mut seen = 0;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        seen = released(&server.get("/metrics", None).await.text);
+        if seen > 0 {
+            break;
+        }
+    }
+    assert!(seen > 0, "nothing handed back 33 s after the burst");
 }
