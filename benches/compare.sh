@@ -31,7 +31,7 @@
 #   LOADGEN_ARGS   extra flags for every loadgen run (e.g. "--size 1000")
 #   QUIET_WAIT     before each run, wait up to this many seconds for both CPUs to be >= 80 % idle
 #                  (default 15; other work during each run is measured and reported either way)
-#   BUILD          0 to skip `cargo build --release` (use the binaries already in target/release)
+#   BUILD          0 to skip `cargo build --release --features bench-tools` (use the binaries already in target/release)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -94,7 +94,7 @@ if [ "$PINNED" = 1 ]; then
     PINNING="server side (server, PostgreSQL, Redis) on CPU $SERVER_CPU (\`taskset -c $SERVER_CPU\`), load generator on CPU $LOADGEN_CPU (\`taskset -c $LOADGEN_CPU\`)"
 fi
 
-if [ "$BUILD" != 0 ]; then cargo build --release; fi
+if [ "$BUILD" != 0 ]; then cargo build --release --features bench-tools; fi
 # What was built (the tree may change while the comparison runs).
 COMMIT="$(git rev-parse --short HEAD 2>/dev/null || true)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
 REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo -dirty)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Confab's three design-target load scenarios (idle memory, fan-out, latency) on this machine.
 #
-# Builds once (`cargo build --release`), then for each scenario starts a fresh server on an empty
+# Builds once (`cargo build --release --features bench-tools`), then for each scenario starts a fresh server on an empty
 # data directory pinned to CPU 0, runs confab-loadgen pinned to CPU 1, and stops the server.
 # Results: a table per scenario on stdout, and the JSON lines in $RESULTS_DIR/<scenario>.json.
 #
@@ -40,7 +40,7 @@ ROOMS=$(( (CONNECTIONS + ROOM_SIZE - 1) / ROOM_SIZE ))
 # shellcheck source=benches/common/bench-env.sh
 source benches/common/bench-env.sh
 
-cargo build --release
+cargo build --release --features bench-tools
 mkdir -p "$RESULTS_DIR"
 
 SERVER_PID=
