@@ -52,6 +52,8 @@ fn store_options(config: &Config) -> StoreOptions {
 pub struct App {
     config: Arc<Config>,
     store: Store,
+    files: crate::files::Files,
+    search: crate::search::Search,
     hub: Arc<Hub>,
     auth: Authenticator,
     metrics: Arc<Metrics>,
@@ -72,10 +74,18 @@ impl App {
             crate::files::Files::open(data, config.files.clone(), store.clone(), metrics.clone())?;
         let search =
             crate::search::Search::open(data, &config.search, store.clone(), metrics.clone())?;
-        let hub = Hub::new(store.clone(), files, search, &config, metrics.clone())?;
+        let hub = Hub::new(
+            store.clone(),
+            files.clone(),
+            search.clone(),
+            &config,
+            metrics.clone(),
+        )?;
         Ok(Self {
             config: Arc::new(config),
             store,
+            files,
+            search,
             hub,
             auth,
             metrics,
@@ -111,9 +121,17 @@ impl App {
         ticker.abort();
         collector.abort();
         trimmer.abort();
-        let store = self.store.clone();
-        // Commits everything already queued, then stops the writer thread.
-        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        // The background threads stop in this order, each joined before the next: the
+        // thumbnail thread (its results are writes), the store writer with its log threads
+        // (after committing everything queued), then the search indexer with tantivy's
+        // threads (after indexing and committing what the store's last batches noted).
+        let (files, store, search) = (self.files, self.store, self.search);
+        let _ = tokio::task::spawn_blocking(move || {
+            files.close();
+            store.close();
+            search.close();
+        })
+        .await;
         tracing::info!("storage closed; bye");
     }
 }

@@ -75,7 +75,11 @@ struct Inner {
     pins: Mutex<HashMap<String, usize>>,
     /// Thumbnails being made: senders wait on these (bounded) so messages carry them.
     pending: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
-    thumb_jobs: std::sync::mpsc::Sender<ThumbJob>,
+    /// Jobs for the thumbnail thread; `None` stops it (the thread holds a handle, and with it
+    /// a sender, so the channel never disconnects by itself).
+    thumb_jobs: std::sync::mpsc::Sender<Option<ThumbJob>>,
+    /// The thumbnail thread, until `close` joins it.
+    thumb_worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     disk_bytes: AtomicU64,
     uploads: AtomicU64,
     blobs: AtomicU64,
@@ -116,7 +120,7 @@ impl Files {
         }
         let disk: u64 = blobs.iter().map(|b| b.size + b.thumb_bytes).sum();
         sweep_orphans(&root, &by_sha);
-        let (tx, rx) = std::sync::mpsc::channel::<ThumbJob>();
+        let (tx, rx) = std::sync::mpsc::channel::<Option<ThumbJob>>();
         let files = Self {
             inner: Arc::new(Inner {
                 root,
@@ -128,6 +132,7 @@ impl Files {
                 pins: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
                 thumb_jobs: tx,
+                thumb_worker: Mutex::new(None),
                 disk_bytes: AtomicU64::new(disk),
                 uploads: AtomicU64::new(uploads.len() as u64),
                 blobs: AtomicU64::new(blobs.len() as u64),
@@ -135,9 +140,10 @@ impl Files {
         };
         files.publish_gauges();
         let worker = files.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("confab-thumbnails".into())
             .spawn(move || worker.thumbnail_worker(rx))?;
+        *files.inner.thumb_worker.lock() = Some(handle);
         for b in blobs
             .iter()
             .filter(|b| b.thumb_state == ThumbState::Pending)
@@ -280,7 +286,7 @@ impl Files {
             mime: mime.to_owned(),
             done: tx,
         };
-        if self.inner.thumb_jobs.send(job).is_err() {
+        if self.inner.thumb_jobs.send(Some(job)).is_err() {
             pending.remove(sha);
         }
     }
@@ -293,8 +299,20 @@ impl Files {
         }
     }
 
-    fn thumbnail_worker(&self, jobs: std::sync::mpsc::Receiver<ThumbJob>) {
-        while let Ok(job) = jobs.recv() {
+    /// Stops the thumbnail thread after the thumbnail it is making, and joins it. Blobs still
+    /// waiting stay `pending` in the store, and the next start queues them again.
+    pub fn close(&self) {
+        let Some(handle) = self.inner.thumb_worker.lock().take() else {
+            return;
+        };
+        let _ = self.inner.thumb_jobs.send(None);
+        if handle.join().is_err() {
+            tracing::error!("the thumbnail thread panicked");
+        }
+    }
+
+    fn thumbnail_worker(&self, jobs: std::sync::mpsc::Receiver<Option<ThumbJob>>) {
+        while let Ok(Some(job)) = jobs.recv() {
             let path = self.blob_path(&job.sha256);
             let started = std::time::Instant::now();
             let op = match thumbs::make(&path, &job.mime, &self.inner.cfg) {

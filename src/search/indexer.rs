@@ -2,7 +2,7 @@
 //! `search.commit_interval_ms` (recording the last change held), and replays from storage
 //! whatever the index missed: at start, and after the queue overflowed.
 
-use super::{Fields, IndexOp, Search, SearchError, body_of};
+use super::{Fields, IndexOp, Queued, Search, SearchError, body_of};
 use crate::model::{ChangeKind, Id, Message};
 use crate::store::Store;
 use std::ops::Bound;
@@ -72,7 +72,7 @@ pub(super) fn run(
     search: Search,
     store: Store,
     mut writer: LazyWriter,
-    rx: Receiver<(u64, IndexOp)>,
+    rx: Receiver<Queued>,
     mut watermark: u64,
     interval: Duration,
 ) {
@@ -126,17 +126,17 @@ pub(super) fn run(
             Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
             Err(TryRecvError::Empty) => {
                 let received = rx.recv_timeout(wait);
-                if received.is_ok() {
+                if matches!(received, Ok(Queued::Change(..))) {
                     std::thread::sleep(GATHER);
                 }
                 received
             }
         };
-        if received.is_ok() {
+        if matches!(received, Ok(Queued::Change(..))) {
             search.inner.queued.fetch_sub(1, Ordering::AcqRel);
         }
         match received {
-            Ok((note, op)) => {
+            Ok(Queued::Change(note, op)) => {
                 applied_note = note;
                 if op.seq() > watermark {
                     if let Err(e) = writer.get().and_then(|w| apply(w, fields, &op)) {
@@ -160,9 +160,13 @@ pub(super) fn run(
                     writer.close();
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                if dirty {
-                    let _ = writer.get().and_then(|w| commit(w, applied_seq));
+            Ok(Queued::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                if search.inner.lost.load(Ordering::Acquire) {
+                    // Past a failure or an overflow: what the writer holds has a gap; the
+                    // next start replays from the last commit.
+                    writer.discard();
+                } else if dirty && let Err(e) = writer.get().and_then(|w| commit(w, applied_seq)) {
+                    tracing::error!(error = %e, "search commit at shutdown failed; the next start replays");
                 }
                 writer.close();
                 return;
@@ -171,7 +175,12 @@ pub(super) fn run(
         if search.inner.lost.load(Ordering::Acquire) {
             // Apply what was queued before the overflow, then replay the rest from storage.
             // After a failure the queue is only drained: the replay covers it.
-            while let Ok((note, op)) = rx.try_recv() {
+            while let Ok(queued) = rx.try_recv() {
+                let Queued::Change(note, op) = queued else {
+                    // Stopping mid-recovery: the next start replays from the last commit.
+                    writer.discard();
+                    return;
+                };
                 search.inner.queued.fetch_sub(1, Ordering::AcqRel);
                 if !resync && op.seq() > watermark {
                     if let Err(e) = writer.get().and_then(|w| apply(w, fields, &op)) {

@@ -125,6 +125,14 @@ impl IndexOp {
     }
 }
 
+/// What the indexer thread takes from its queue: a noted change (with its note number), or
+/// the word to commit what it holds and stop (the thread holds a handle, and with it a
+/// sender, so the queue never disconnects by itself).
+pub(crate) enum Queued {
+    Change(u64, IndexOp),
+    Stop,
+}
+
 /// The search service. Cheap to clone.
 #[derive(Clone)]
 pub struct Search {
@@ -135,7 +143,9 @@ struct Inner {
     reader: IndexReader,
     fields: Fields,
     dir: PathBuf,
-    queue: std::sync::mpsc::Sender<(u64, IndexOp)>,
+    queue: std::sync::mpsc::Sender<Queued>,
+    /// The indexer thread, until `close` joins it.
+    indexer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Changes in `queue`, at most `QUEUE`.
     queued: AtomicUsize,
     /// Set when the queue overflowed: nothing more is queued until the indexer has replayed
@@ -185,6 +195,7 @@ impl Search {
                 fields,
                 dir,
                 queue: tx,
+                indexer: parking_lot::Mutex::new(None),
                 queued: AtomicUsize::new(0),
                 lost: AtomicBool::new(false),
                 noted: AtomicU64::new(0),
@@ -196,14 +207,28 @@ impl Search {
         let worker = search.clone();
         let interval = std::time::Duration::from_millis(cfg.commit_interval_ms);
         let nice = cfg.indexer_nice;
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("confab-indexer".into())
             .spawn(move || {
                 // Before the writer exists: tantivy's threads inherit it from this one.
                 lower_thread_priority(nice);
                 indexer::run(worker, store, writer, rx, watermark, interval)
             })?;
+        *search.inner.indexer.lock() = Some(handle);
         Ok(search)
+    }
+
+    /// Stops the indexer: it commits what it holds (changes noted before this call become
+    /// searchable at the next start without a replay), closes the index writer with its
+    /// threads, and is joined. Changes noted after this are left to the next start's replay.
+    pub fn close(&self) {
+        let Some(handle) = self.inner.indexer.lock().take() else {
+            return;
+        };
+        let _ = self.inner.queue.send(Queued::Stop);
+        if handle.join().is_err() {
+            tracing::error!("the search indexer thread panicked");
+        }
     }
 
     /// Removes the index, so the next `open` rebuilds it from storage.
@@ -275,7 +300,7 @@ impl Search {
             i.queued.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!("search queue full; the indexer will catch up from storage");
             i.lost.store(true, Ordering::Release);
-        } else if i.queue.send((n, op)).is_err() {
+        } else if i.queue.send(Queued::Change(n, op)).is_err() {
             // The indexer has stopped (shutdown): nothing to do.
             i.queued.fetch_sub(1, Ordering::AcqRel);
         }

@@ -1846,3 +1846,49 @@ async fn messages_the_index_could_not_write_are_found_once_space_is_back() {
     let _ = server.wait_exit(Duration::from_secs(10));
     drop(disk);
 }
+
+/// Guards issue 25, point 5: on SIGTERM the indexer is stopped and joined after committing what
+/// it held, so a restart replays nothing (`confab_search_indexed_total` stays 0) and the
+/// messages are searchable at once. Before, the thread was never stopped: the exit cut off
+/// whatever it had not committed, and every start replayed it from storage.
+#[tokio::test]
+async fn a_clean_shutdown_commits_the_index_so_the_next_start_replays_nothing() {
+    // No commit of its own before the shutdown: only the one at the stop can make it.
+    let mut server = Server::start_with(Options::env(&[(
+        "CONFAB_SEARCH__COMMIT_INTERVAL_MS",
+        "600000",
+    )]));
+    let (token, mut ana) = user(&server, "ana").await;
+    let room = ana.create_room("shutdown", "public").await;
+    for i in 0..20 {
+        ana.ok(
+            "send_message",
+            json!({"room_id": room, "client_msg_id": format!("s{i}"), "type": "text",
+                   "content": format!("quarterdeck lantern {i}")}),
+        )
+        .await;
+    }
+    drop(ana);
+    server.sigterm();
+    assert!(
+        server.wait_exit(Duration::from_secs(20)).success(),
+        "clean exit"
+    );
+    server.restart();
+    let ans = search(&server, &token, &q("quarterdeck")).await;
+    assert_eq!(
+        ids(&ans).len(),
+        20,
+        "all 20 found right after the start: {ans}"
+    );
+    let metrics = server.get("/metrics", None).await.text;
+    let replayed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("confab_search_indexed_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("confab_search_indexed_total in /metrics");
+    assert_eq!(
+        replayed, 0,
+        "the start replayed changes the shutdown should have committed"
+    );
+}
