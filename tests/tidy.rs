@@ -152,3 +152,86 @@ fn unsafe_stays_where_it_was_measured() {
         "one block in src/memory.rs"
     );
 }
+
+/// The SDK and the server agree on event names and error codes (issue 25, point 1): every
+/// request the SDK sends, and every one it retries, is one the server knows; every request the
+/// server knows has an SDK call; every error code the SDK treats as transient exists (on the
+/// server or among the SDK's own), and no SDK code shadows a server one.
+#[test]
+fn the_sdk_agrees_with_the_protocol() {
+    let sdk = std::fs::read_to_string(root().join("web/sdk/client.js")).unwrap_or_default();
+    assert!(sdk.len() > 1000, "web/sdk/client.js not found");
+    let requests: Vec<&str> = confab::protocol::REQUEST_EVENTS.to_vec();
+    let quoted_after = |marker: &str| -> Vec<String> {
+        sdk.match_indices(marker)
+            .filter_map(|(at, _)| {
+                let rest = &sdk[at + marker.len()..];
+                let end = rest.find('"')?;
+                Some(rest[..end].to_owned())
+            })
+            .collect()
+    };
+    let sent = quoted_after("#request(\"");
+    assert!(
+        !sent.is_empty(),
+        "no #request(\"...\") calls found in the SDK"
+    );
+    let set_body = |name: &str| -> Vec<String> {
+        let start = sdk
+            .find(&format!("const {name} = new Set(["))
+            .unwrap_or_else(|| panic!("no {name} set in the SDK"));
+        let body = &sdk[start..];
+        let body = &body[..body.find("]);").expect("end of the set")];
+        body.split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut wrong = Vec::new();
+    for ev in sent.iter().chain(set_body("RETRYABLE").iter()) {
+        if !requests.contains(&ev.as_str()) {
+            wrong.push(format!(
+                "the SDK sends or retries {ev:?}, which the server does not know"
+            ));
+        }
+    }
+    for ev in &requests {
+        if !sent.iter().any(|s| s == ev) {
+            wrong.push(format!("the SDK has no call sending {ev:?}"));
+        }
+    }
+    // The SDK's own codes (errors.js, CLIENT_ERROR_CODES) must not shadow a server code.
+    let errors = std::fs::read_to_string(root().join("web/sdk/errors.js")).unwrap_or_default();
+    let client_codes: Vec<String> = {
+        let start = errors
+            .find("CLIENT_ERROR_CODES = Object.freeze([")
+            .expect("CLIENT_ERROR_CODES in web/sdk/errors.js");
+        let body = &errors[start..];
+        let body = &body[..body.find("]);").expect("end of CLIENT_ERROR_CODES")];
+        body.split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let codes: Vec<&str> = confab::protocol::ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    for code in &client_codes {
+        if codes.contains(&code.as_str()) {
+            wrong.push(format!(
+                "the SDK's own error code {code:?} is also a server code"
+            ));
+        }
+    }
+    for code in set_body("TRANSIENT") {
+        if !codes.contains(&code.as_str()) && !client_codes.contains(&code) {
+            wrong.push(format!(
+                "the SDK retries on error code {code:?}, which does not exist"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

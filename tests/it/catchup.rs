@@ -15,19 +15,11 @@ const DURING_CATCH_UP: usize = 30;
 /// docs/protocol.md: `sync` returns at most 200 changes per room by default.
 const DEFAULT_SYNC_LIMIT: usize = 200;
 
-/// Events about a room that a `sync=1` connection must not get before its catch-up is done.
-const ROOM_EVENTS: &[&str] = &[
-    "receive_message",
-    "message_updated",
-    "message_deleted",
-    "member_joined",
-    "member_left",
-    "room_added",
-    "room_removed",
-    "message_read",
-    "message_delivered",
-    "typing",
-];
+/// Events about a room that a `sync=1` connection must not get before its catch-up is done:
+/// every pushed event but `hello` (the connection's own) and `presence` (about users).
+fn is_room_event(ev: &str) -> bool {
+    confab::protocol::PUSHED_EVENTS.contains(&ev) && !matches!(ev, "hello" | "presence")
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Between {
@@ -244,7 +236,7 @@ async fn catch_up(between: Between) {
         .expect("the live answer is in the log");
     let early: Vec<&(String, Option<String>)> = arrivals[..live_at]
         .iter()
-        .filter(|(ev, _)| ROOM_EVENTS.contains(&ev.as_str()))
+        .filter(|(ev, _)| is_room_event(ev))
         .collect();
     if !early.is_empty() {
         let early_messages = arrivals[..live_at]
