@@ -235,3 +235,154 @@ fn the_sdk_agrees_with_the_protocol() {
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// Layers, lowest first, as ARCHITECTURE.md draws them: a module may use only modules of a
+/// lower rank (issue 25, point 4).
+const LAYERS: &[(&str, u8)] = &[
+    ("model", 0),
+    ("protocol", 1),
+    ("config", 1),
+    ("metrics", 2),
+    ("memory", 3),
+    ("auth", 3),
+    ("store", 3),
+    ("files", 4),
+    ("search", 4),
+    ("chat", 5),
+    ("server", 6),
+    ("app", 7),
+];
+
+/// The top-level module a file under src/ belongs to (`src/chat/live.rs` → `chat`).
+fn top_module(rel: &str) -> Option<&str> {
+    let rest = rel.strip_prefix("src/")?;
+    let first = rest.split('/').next()?;
+    Some(first.strip_suffix(".rs").unwrap_or(first))
+}
+
+#[test]
+fn imports_point_down_the_layers() {
+    let rank = |m: &str| LAYERS.iter().find(|(n, _)| *n == m).map(|(_, r)| *r);
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    let mut wrong = Vec::new();
+    for file in files {
+        let rel = file
+            .strip_prefix(root())
+            .unwrap_or(&file)
+            .to_string_lossy()
+            .replace('\\', "/");
+        let Some(module) = top_module(&rel) else {
+            continue;
+        };
+        let Some(own) = rank(module) else {
+            // main.rs and lib.rs wire everything.
+            assert!(
+                matches!(module, "main" | "lib"),
+                "{rel}: module {module} is not in LAYERS (and ARCHITECTURE.md)"
+            );
+            continue;
+        };
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        for (at, _) in text.match_indices("crate::") {
+            let name: String = text[at + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if name == module || name.is_empty() {
+                continue;
+            }
+            match rank(&name) {
+                Some(r) if r < own => {}
+                Some(r) => wrong.push(format!("{rel} (layer {own}) uses {name} (layer {r})")),
+                None => wrong.push(format!("{rel} uses crate::{name}, which is in no layer")),
+            }
+        }
+    }
+    wrong.sort();
+    wrong.dedup();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Inside a module directory, the files use each other without cycles (`super::x` from one
+/// file to another, the way the code names its siblings); `mod.rs` is the module's root and
+/// not counted.
+#[test]
+fn sibling_files_use_each_other_without_cycles() {
+    let mut dirs = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(root().join("src")) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    let mut cycles = Vec::new();
+    for dir in dirs {
+        let mut names = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if let Some(stem) = p.file_stem().and_then(|s| s.to_str())
+                    && p.extension().is_some_and(|x| x == "rs")
+                    && stem != "mod"
+                {
+                    names.push(stem.to_owned());
+                }
+            }
+        }
+        let uses = |from: &str| -> Vec<String> {
+            let text = std::fs::read_to_string(dir.join(format!("{from}.rs"))).unwrap_or_default();
+            names
+                .iter()
+                .filter(|to| {
+                    *to != from
+                        && (text.contains(&format!("super::{to}::"))
+                            || text.contains(&format!("super::{to}}}"))
+                            || text.contains(&format!("super::{to},"))
+                            || text.contains(&format!("super::{to} "))
+                            || text.contains(&format!("super::{{{to}")))
+                })
+                .cloned()
+                .collect()
+        };
+        let graph: Vec<(String, Vec<String>)> =
+            names.iter().map(|n| (n.clone(), uses(n))).collect();
+        // Depth-first search for a back edge.
+        fn visit(
+            n: &str,
+            graph: &[(String, Vec<String>)],
+            path: &mut Vec<String>,
+            done: &mut Vec<String>,
+            found: &mut Vec<String>,
+        ) {
+            if done.iter().any(|d| d == n) {
+                return;
+            }
+            if let Some(at) = path.iter().position(|p| p == n) {
+                found.push(format!("{} -> {n}", path[at..].join(" -> ")));
+                return;
+            }
+            path.push(n.to_owned());
+            if let Some((_, next)) = graph.iter().find(|(g, _)| g == n) {
+                for m in next {
+                    visit(m, graph, path, done, found);
+                }
+            }
+            path.pop();
+            done.push(n.to_owned());
+        }
+        let mut done = Vec::new();
+        let mut found = Vec::new();
+        for (n, _) in &graph {
+            visit(n, &graph, &mut Vec::new(), &mut done, &mut found);
+        }
+        let dir_name = dir
+            .file_name()
+            .and_then(|d| d.to_str())
+            .unwrap_or("?")
+            .to_owned();
+        cycles.extend(found.into_iter().map(|c| format!("src/{dir_name}: {c}")));
+    }
+    assert!(cycles.is_empty(), "{cycles:#?}");
+}

@@ -1,6 +1,6 @@
 //! The web UI, embedded in the binary by rust-embed (read from disk in debug builds).
 
-use super::http::{Resp, full, text};
+use super::reply::{Resp, full, text};
 use bytes::Bytes;
 use hyper::header::{self, HeaderValue};
 use hyper::{HeaderMap, Response, StatusCode};
@@ -26,7 +26,7 @@ pub fn serve(path: &str, req_headers: &HeaderMap) -> Resp {
         .map(|b| format!("{b:02x}"))
         .collect();
     let etag = format!("\"{hash}\"");
-    let not_modified = super::http::none_match(req_headers, &etag);
+    let not_modified = super::reply::none_match(req_headers, &etag);
     let mut r = if not_modified {
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;

@@ -3,9 +3,8 @@
 //! range requests.
 
 use super::AppState;
-use super::http::{
-    ApiResult, Body, Resp, bearer, created, decode_query_value, full, ok, store_error,
-};
+use super::reply::{ApiResult, Body, Resp, created, full, ok, store_error};
+use super::request::{bearer, decode_query_value};
 use crate::chat::ChatError;
 use crate::files::{FileError, sniff};
 use crate::model::{Blob, Id, ThumbState, Upload, UploadView, UserId};
@@ -147,7 +146,7 @@ async fn upload(st: &AppState, user: &UserId, req: Request<Incoming>) -> ApiResu
         .begin_upload(user, declared)
         .await
         .map_err(file_error)?;
-    let mut clock = super::http::BodyClock::new(&req);
+    let mut clock = super::request::BodyClock::new(&req);
     let mut body = req.into_body();
     while let Some(data) = clock.next(&mut body).await? {
         sink.write(&data).await.map_err(file_error)?;
@@ -180,7 +179,7 @@ fn downloader(
         ));
     }
     if let Some(token) = bearer(req.headers()) {
-        return super::http::verify_token(st, token).map(|i| i.user_id);
+        return super::request::verify_token(st, token).map(|i| i.user_id);
     }
     if let Some(value) = cookie(req.headers(), COOKIE) {
         return st
@@ -359,7 +358,7 @@ async fn serve(
     } else {
         ("application/octet-stream", false)
     };
-    let not_modified = super::http::none_match(req_headers, &etag);
+    let not_modified = super::reply::none_match(req_headers, &etag);
     let (status, start, len) = if not_modified {
         (StatusCode::NOT_MODIFIED, 0, 0)
     } else {

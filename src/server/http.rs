@@ -1,15 +1,19 @@
 //! HTTP routes: the REST API under /api/, health, metrics, the WebSocket endpoint, assets.
 
 use super::AppState;
-use crate::auth::{self, AuthError, Identity};
+use super::reply::{
+    ApiResult, Resp, created, error_response, full, ok, ok_json, store_error, text,
+};
+use super::request::{
+    BodyClock, BodyTimeout, auth_error, bearer, decode_query_value, verify_token,
+};
+use crate::auth::{self, Identity};
 use crate::chat::{ChatError, NewMessage};
 use crate::config::Registration;
 use crate::model::{Account, Id, UserId, now_ms};
 use crate::protocol::{self, ErrorCode, WireError};
 use crate::store::{StoreError, WriteOp};
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -18,17 +22,6 @@ use serde::de::DeserializeOwned;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-/// Response bodies: whole buffers, or files streamed from disk.
-pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
-pub type Resp = Response<Body>;
-
-/// A body of one buffer.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
 
 /// Largest REST request body.
 const MAX_BODY: usize = 64 * 1024;
@@ -223,8 +216,6 @@ fn allowed_methods(seg: &[&str], path: &str) -> Option<&'static str> {
     })
 }
 
-pub(super) type ApiResult = Result<Resp, WireError>;
-
 async fn api(
     st: &AppState,
     ip: IpAddr,
@@ -412,41 +403,6 @@ fn authenticate(st: &AppState, req: &Request<Incoming>) -> Result<Identity, Wire
         )
     })?;
     verify_token(st, token)
-}
-
-/// Verifies a token from a header, refusing one over `MAX_TOKEN_BYTES` before decoding it.
-pub(super) fn verify_token(st: &AppState, token: &str) -> Result<Identity, WireError> {
-    if token.len() > protocol::MAX_TOKEN_BYTES {
-        return Err(WireError::new(
-            ErrorCode::Unauthorized,
-            format!("token over {} bytes", protocol::MAX_TOKEN_BYTES),
-        ));
-    }
-    st.auth.verify(token).map_err(auth_error)
-}
-
-pub fn bearer(h: &hyper::HeaderMap) -> Option<&str> {
-    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-pub fn auth_error(e: AuthError) -> WireError {
-    match e {
-        AuthError::BadInput(m) => WireError::new(ErrorCode::InvalidPayload, m),
-        AuthError::Key(_) | AuthError::Hash(_) => {
-            tracing::error!(error = %e, "auth failure");
-            WireError::new(ErrorCode::Internal, "internal error")
-        }
-        other => WireError::new(ErrorCode::Unauthorized, other.to_string()),
-    }
-}
-
-pub(super) fn store_error(e: StoreError) -> WireError {
-    ChatError::from(e).to_wire()
 }
 
 #[derive(Serialize)]
@@ -731,14 +687,6 @@ impl Query {
 }
 
 /// `GET /api/search` parameters into the request the WebSocket `search` takes.
-/// A query-string value: `+` is a space, `%XX` escapes, and the result must be UTF-8.
-pub(super) fn decode_query_value(v: &str) -> Option<String> {
-    percent_encoding::percent_decode_str(&v.replace('+', " "))
-        .decode_utf8()
-        .ok()
-        .map(|s| s.into_owned())
-}
-
 fn search_query(q: Option<&str>) -> Result<protocol::SearchRequest, WireError> {
     let bad = |k: &str| {
         WireError::new(
@@ -784,77 +732,6 @@ fn message_id(s: &str) -> Result<Id, WireError> {
         .map_err(|_| WireError::new(ErrorCode::NotFound, "message not found"))
 }
 
-/// How long a request body may take: see `BodyClock`. Put into each request's extensions by
-/// `route`, so that every handler reading a body finds it.
-#[derive(Clone, Copy)]
-pub(super) struct BodyTimeout(pub Duration);
-
-/// Cuts off a request body trickled in too slowly: each `server.body_timeout_secs` window must
-/// bring at least `BodyClock::WINDOW_BYTES` of it, or its end. A JSON body (at most 64 KiB)
-/// must therefore arrive whole within one window; an upload keeps going at any rate above
-/// 64 KiB per window. Without it a client could hold a connection and its handler forever.
-pub(super) struct BodyClock {
-    window: Duration,
-    deadline: tokio::time::Instant,
-    bytes: usize,
-}
-
-impl BodyClock {
-    const WINDOW_BYTES: usize = 64 * 1024;
-
-    pub(super) fn new<B>(req: &Request<B>) -> Self {
-        let window = req
-            .extensions()
-            .get::<BodyTimeout>()
-            .map_or(Duration::from_secs(30), |t| t.0);
-        Self {
-            window,
-            deadline: tokio::time::Instant::now() + window,
-            bytes: 0,
-        }
-    }
-
-    /// The next data of the body (`None` at its end); `request_timeout` once a window passed
-    /// without enough of it, `invalid_payload` if the body broke off.
-    pub(super) async fn next(&mut self, body: &mut Incoming) -> Result<Option<Bytes>, WireError> {
-        loop {
-            let frame = match tokio::time::timeout_at(self.deadline, body.frame()).await {
-                Ok(Some(Ok(f))) => f,
-                Ok(None) => return Ok(None),
-                Ok(Some(Err(e))) => {
-                    return Err(WireError::new(
-                        ErrorCode::InvalidPayload,
-                        format!("the request body ended early: {e}"),
-                    ));
-                }
-                Err(_) => {
-                    tracing::info!(
-                        window_secs = self.window.as_secs(),
-                        "request body cut off: it arrived too slowly"
-                    );
-                    return Err(WireError::new(
-                        ErrorCode::RequestTimeout,
-                        format!(
-                            "the request body arrived too slowly (under {} KiB in {} s)",
-                            Self::WINDOW_BYTES / 1024,
-                            self.window.as_secs()
-                        ),
-                    ));
-                }
-            };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            self.bytes += data.len();
-            if self.bytes >= Self::WINDOW_BYTES {
-                self.bytes = 0;
-                self.deadline = tokio::time::Instant::now() + self.window;
-            }
-            return Ok(Some(data));
-        }
-    }
-}
-
 /// Reads and parses a JSON body of at most `MAX_BODY` bytes.
 async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, WireError> {
     let mut clock = BodyClock::new(&req);
@@ -880,91 +757,4 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, WireErro
             )
         }
     })
-}
-
-fn json_response<T: Serialize>(status: StatusCode, v: &T) -> Resp {
-    let body = serde_json::to_vec(v).unwrap_or_default();
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-pub(super) fn ok<T: Serialize>(v: &T) -> ApiResult {
-    Ok(json_response(StatusCode::OK, v))
-}
-
-fn ok_json<T: Serialize>(v: &T) -> ApiResult {
-    ok(v)
-}
-
-pub(super) fn created<T: Serialize>(v: &T) -> ApiResult {
-    Ok(json_response(StatusCode::CREATED, v))
-}
-
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-/// Whether `If-None-Match` names `etag` (or is `*`), by RFC 9110's weak comparison: `W/"x"`
-/// matches `"x"` and the other way round. Every header line and list item counts.
-pub(super) fn none_match(h: &hyper::HeaderMap, etag: &str) -> bool {
-    let opaque = |t: &str| t.strip_prefix("W/").unwrap_or(t).to_owned();
-    let want = opaque(etag);
-    h.get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| entity_tags(v).any(|t| t == "*" || opaque(t) == want))
-}
-
-/// The items of an entity-tag list: `*`, or `"x"` / `W/"x"` (the quotes kept). A comma
-/// inside quotes belongs to the tag.
-fn entity_tags(v: &str) -> impl Iterator<Item = &str> {
-    let mut rest = v;
-    std::iter::from_fn(move || {
-        rest = rest.trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
-        if rest.is_empty() {
-            return None;
-        }
-        let open = rest.find('"');
-        let end = match open {
-            // `W/"..."` or `"..."`: up to the closing quote.
-            Some(i) if i <= 2 && rest[..i].chars().all(|c| c == 'W' || c == '/') => rest[i + 1..]
-                .find('"')
-                .map_or(rest.len(), |j| i + 1 + j + 1),
-            // `*` or something malformed: up to the next comma.
-            _ => rest.find(',').unwrap_or(rest.len()),
-        };
-        let (item, after) = rest.split_at(end);
-        rest = after;
-        Some(item.trim())
-    })
-}
-
-/// `{"error":{"code":..,"message":..}}` with the code's HTTP status.
-pub fn error_response(e: &WireError) -> Resp {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        error: &'a WireError,
-    }
-    let status =
-        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = json_response(status, &Body { error: e });
-    if let Some(ms) = e.retry_after_ms {
-        // Retry-After counts whole seconds (RFC 9110 10.2.3): round up, never early.
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
-    }
-    r
 }

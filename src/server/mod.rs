@@ -8,6 +8,8 @@ mod client;
 mod files;
 mod http;
 mod io;
+mod reply;
+mod request;
 mod ws;
 
 use crate::auth::Authenticator;

@@ -2,8 +2,9 @@
 //! a reader that dispatches requests to the hub and a writer that drains the outbox.
 
 use super::AppState;
-use super::http::{Resp, auth_error, bearer, error_response, full};
 use super::io::{self as wsio, FrameWriter};
+use super::reply::{Resp, error_response, full};
+use super::request::{auth_error, bearer};
 use crate::auth::Identity;
 use crate::chat::{ChatError, Connection, NewMessage, Reply};
 use crate::model::now_ms;

@@ -258,7 +258,8 @@ pub fn reserve_known_users(txn: &WriteTransaction) -> Result<u64, StoreError> {
 mod tests {
     use super::*;
     use crate::model::{Account, Id, MessageStatus, MessageType, Role, RoomKind, Visibility};
-    use crate::store::tables::{META, META_SCHEMA, init, migrate_after_replay};
+    use crate::store::migrate::migrate_after_replay;
+    use crate::store::tables::{META, META_SCHEMA, init};
     use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 
     fn message(room: u64, id: u64, sender: &str) -> Message {

@@ -7,6 +7,7 @@
 
 mod disk;
 mod id_spaces;
+mod migrate;
 mod tables;
 pub use tables::SCHEMA_VERSION;
 mod wal;
@@ -211,7 +212,7 @@ impl Store {
                 "storage recovered the writes after its last checkpoint from the write-ahead log"
             );
         }
-        let renamed_users = tables::migrate_after_replay(&db, host_namespace)?;
+        let renamed_users = migrate::migrate_after_replay(&db, host_namespace)?;
         let (last_id, _, _) = tables::positions(&db)?;
         let db = Arc::new(db);
         let (tx, rx) = std::sync::mpsc::channel();
