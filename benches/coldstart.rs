@@ -131,17 +131,9 @@ fn ms(d: Duration) -> f64 {
 /// Starts the server on `dir`, times it to ready, reads its memory, and stops it (SIGTERM).
 fn start_once(bin: &Path, dir: &Path) -> anyhow::Result<Start> {
     let started = Instant::now();
-    let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = spawn_server(bin, dir)?;
     let res = time_start(&mut child, started);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    sigterm(&child);
     let exit = wait_bounded(&mut child, Duration::from_secs(20));
     let start = res?;
     if !exit? {
@@ -188,15 +180,7 @@ fn time_start_at(child: &mut Child, started: Instant) -> anyhow::Result<(Start, 
         std::thread::sleep(Duration::from_micros(200));
     };
     std::thread::sleep(Duration::from_secs(1));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let field = |name: &str| status_kib(child.id(), name).unwrap_or(0);
     Ok((
         Start {
             listening,
@@ -225,32 +209,18 @@ fn history_sweep(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     }
     let token = String::from_utf8(token.stdout)?.trim().to_owned();
     let started = Instant::now();
-    let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = spawn_server(bin, dir)?;
     let res = sweep_running(&mut child, started, &token);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    sigterm(&child);
     wait_bounded(&mut child, Duration::from_secs(20))?;
     res
 }
 
 fn sweep_running(child: &mut Child, started: Instant, token: &str) -> anyhow::Result<()> {
     let (start, addr) = time_start_at(child, started)?;
-    let rss = |what: &str| -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(what))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no such field in /proc/PID/status")
-    };
+    let pid = child.id();
+    let rss =
+        |what: &str| status_kib(pid, what).with_context(|| format!("no {what} for the server"));
     let rooms = get_json(&addr, "/api/rooms", token)?;
     let rooms: Vec<String> = rooms["rooms"]
         .as_array()
@@ -325,6 +295,33 @@ fn get_json(addr: &str, path: &str, token: &str) -> anyhow::Result<serde_json::V
         bail!("GET {path}: no JSON body");
     };
     Ok(serde_json::from_str(&body[a..=b])?)
+}
+
+/// `confab serve` on an OS-chosen port over `dir`, its stdout piped (for `listening on`).
+fn spawn_server(bin: &Path, dir: &Path) -> std::io::Result<Child> {
+    Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+}
+
+fn sigterm(child: &Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
+
+/// One `kB` field of `/proc/PID/status` (`VmRSS:`, `RssAnon:`, `VmHWM:`), in KiB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 fn readyz(addr: &str) -> anyhow::Result<bool> {

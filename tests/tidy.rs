@@ -20,6 +20,14 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// A path under the repository root, with `/` separators (`src/chat/live.rs`).
+fn relative(file: &Path) -> String {
+    file.strip_prefix(root())
+        .unwrap_or(file)
+        .to_string_lossy()
+        .replace('\\', "/")
+}
+
 fn all_rust_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
     for d in ["src", "tests", "benches"] {
@@ -67,11 +75,7 @@ fn crates_stay_in_their_modules() {
     rust_files(&root().join("src"), &mut src);
     let mut violations = Vec::new();
     for file in src {
-        let rel = file
-            .strip_prefix(root())
-            .unwrap_or(&file)
-            .to_string_lossy()
-            .replace('\\', "/");
+        let rel = relative(&file);
         let text = std::fs::read_to_string(&file).unwrap_or_default();
         for (krate, allowed) in rules {
             let used =
@@ -133,11 +137,7 @@ fn unsafe_stays_where_it_was_measured() {
     rust_files(&root().join("src"), &mut src);
     let mut found = Vec::new();
     for file in src {
-        let rel = file
-            .strip_prefix(root())
-            .unwrap_or(&file)
-            .to_string_lossy()
-            .replace('\\', "/");
+        let rel = relative(&file);
         let text = std::fs::read_to_string(&file).unwrap_or_default();
         let blocks = text.matches("unsafe {").count() + text.matches("allow(unsafe_code)").count();
         if blocks > 0 && !allowed.contains(&rel.as_str()) {
@@ -267,11 +267,7 @@ fn imports_point_down_the_layers() {
     rust_files(&root().join("src"), &mut files);
     let mut wrong = Vec::new();
     for file in files {
-        let rel = file
-            .strip_prefix(root())
-            .unwrap_or(&file)
-            .to_string_lossy()
-            .replace('\\', "/");
+        let rel = relative(&file);
         let Some(module) = top_module(&rel) else {
             continue;
         };

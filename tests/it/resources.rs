@@ -178,6 +178,35 @@ async fn a_low_open_file_limit_lowers_the_cap_and_answers_503() {
     drop(clients);
 }
 
+/// Sends `bursts` × `per_burst` messages of `content`, each burst written at once and then
+/// acked (a burst's echoes must fit the 1 MiB outbound queue, or the server closes with 4003).
+async fn send_in_bursts(
+    ana: &mut crate::support::Client,
+    room: &str,
+    content: &str,
+    bursts: usize,
+    per_burst: usize,
+) {
+    for burst in 0..bursts {
+        let requests: Vec<(&str, serde_json::Value)> = (0..per_burst)
+            .map(|i| {
+                let data = serde_json::json!({
+                    "room_id": room,
+                    "client_msg_id": format!("m{burst}-{i}"),
+                    "type": "text",
+                    "content": content,
+                });
+                ("send_message", data)
+            })
+            .collect();
+        for r in ana.send_requests_at_once(&requests).await {
+            if let Err((code, message)) = ana.reply(&r).await {
+                panic!("send_message failed: {code}: {message}");
+            }
+        }
+    }
+}
+
 /// The server's anonymous resident memory (RssAnon: heap and stacks, not the binary's
 /// pages), in bytes.
 fn anon_bytes(server: &Server) -> u64 {
@@ -209,24 +238,7 @@ async fn a_start_and_a_long_history_read_keep_memory_within_the_page_cache() {
     let content = "x".repeat(200);
     // 500 at once: their echoes (about 200 KiB) stay under the 1 MiB outbound queue.
     let (total, at_once) = (60_000, 500);
-    for chunk in 0..total / at_once {
-        let requests: Vec<(&str, serde_json::Value)> = (0..at_once)
-            .map(|i| {
-                let data = serde_json::json!({
-                    "room_id": room,
-                    "client_msg_id": format!("m{chunk}-{i}"),
-                    "type": "text",
-                    "content": content,
-                });
-                ("send_message", data)
-            })
-            .collect();
-        for r in ana.send_requests_at_once(&requests).await {
-            if let Err((code, message)) = ana.reply(&r).await {
-                panic!("send_message failed: {code}: {message}");
-            }
-        }
-    }
+    send_in_bursts(&mut ana, &room, &content, total / at_once, at_once).await;
     // Wait until the index holds the last message, so the restarted server has nothing to
     // replay into the search writer while its memory is measured.
     ana.ok(
@@ -276,24 +288,7 @@ async fn a_quiet_server_hands_free_memory_back() {
     let mut ana = server.connect("ana").await;
     let room = ana.create_room("burst", "public").await;
     let content = "y".repeat(2000);
-    for chunk in 0..40 {
-        let requests: Vec<(&str, serde_json::Value)> = (0..100)
-            .map(|i| {
-                let data = serde_json::json!({
-                    "room_id": room,
-                    "client_msg_id": format!("b{chunk}-{i}"),
-                    "type": "text",
-                    "content": content,
-                });
-                ("send_message", data)
-            })
-            .collect();
-        for r in ana.send_requests_at_once(&requests).await {
-            if let Err((code, message)) = ana.reply(&r).await {
-                panic!("send_message failed: {code}: {message}");
-            }
-        }
-    }
+    send_in_bursts(&mut ana, &room, &content, 40, 100).await;
     drop(ana);
     let released = |text: &str| -> u64 {
         text.lines()
